@@ -1,0 +1,28 @@
+//! Types that the DPU fast path, the DPU runtime, the host agent and the
+//! protocol crate all speak: the identity of a connection ([`FlowKey`]) and
+//! the codes it is made of.
+//!
+//! This crate is `no_std` and allocation-free so that the fast path running
+//! on the DPU's Arm cores can use every type here unchanged. Types are
+//! validated when constructed and keep their invariants in private fields:
+//! code that receives one does not check it again.
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
+pub mod code;
+pub mod flow;
+pub mod hash;
+
+pub use flow::{FlowDirection, FlowKey, IpProtocol, VlanId, VlanStack, VlanStackFull};
