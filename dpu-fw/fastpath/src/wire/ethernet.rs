@@ -192,15 +192,12 @@ impl EthernetRepr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold the header.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let mut frame = EthernetFrame::new_checked(buf).map_err(|_| BufferTooShort {
-            needed: self.buffer_len(),
-            available,
-        })?;
-        frame.set_dst_addr(self.dst);
-        frame.set_src_addr(self.src);
-        frame.set_ethertype(self.ethertype);
-        Ok(())
+        let header = EthernetHeader {
+            dst: self.dst.0,
+            src: self.src.0,
+            ethertype: U16::new(self.ethertype.number()),
+        };
+        super::write_header(buf, &header)
     }
 }
 

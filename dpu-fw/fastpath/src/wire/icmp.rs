@@ -233,24 +233,18 @@ impl<T: IcmpType> IcmpRepr<T> {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, IcmpHeader>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
         let (ty, code, rest) = match *self {
             Self::EchoRequest { ident, seq } => (T::ECHO_REQUEST, 0, echo_rest(ident, seq)),
             Self::EchoReply { ident, seq } => (T::ECHO_REPLY, 0, echo_rest(ident, seq)),
             Self::Error { ty, code, rest } | Self::Other { ty, code, rest } => (ty, code, rest),
         };
-        *header = IcmpHeader {
+        let header = IcmpHeader {
             ty: ty.into(),
             code,
             checksum: U16::ZERO,
             rest,
         };
-        Ok(())
+        super::write_header(buf, &header)
     }
 }
 

@@ -299,12 +299,6 @@ impl Ipv4Repr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, Ipv4Header>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
         let mut flags_frag = (self.frag_offset >> 3) & FRAG_OFFSET_MASK;
         if self.dont_frag {
             flags_frag |= FLAG_DF;
@@ -312,7 +306,7 @@ impl Ipv4Repr {
         if self.more_frags {
             flags_frag |= FLAG_MF;
         }
-        *header = Ipv4Header {
+        let mut header = Ipv4Header {
             version_ihl: 0x45,
             dscp_ecn: (self.dscp << 2) | (self.ecn & 0x3),
             total_len: U16::new(self.payload_len.saturating_add(20)),
@@ -324,9 +318,8 @@ impl Ipv4Repr {
             src: self.src.octets(),
             dst: self.dst.octets(),
         };
-        let value = checksum::finish(checksum::sum(header.as_bytes()));
-        header.checksum.set(value);
-        Ok(())
+        header.checksum = U16::new(checksum::finish(checksum::sum(header.as_bytes())));
+        super::write_header(buf, &header)
     }
 }
 

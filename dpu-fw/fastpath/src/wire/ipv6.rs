@@ -187,13 +187,7 @@ impl Ipv6Repr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, Ipv6Header>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
-        *header = Ipv6Header {
+        let header = Ipv6Header {
             version_tc_flow: U32::new(
                 (6 << 28) | (u32::from(self.traffic_class) << 20) | (self.flow_label & 0x000F_FFFF),
             ),
@@ -203,7 +197,7 @@ impl Ipv6Repr {
             src: self.src.octets(),
             dst: self.dst.octets(),
         };
-        Ok(())
+        super::write_header(buf, &header)
     }
 }
 

@@ -43,7 +43,7 @@ pub use framebuf::{FrameBuf, FrameBufError};
 pub use vlan::Tci;
 pub use vxlan::Vni;
 
-use zerocopy::SplitByteSlice;
+use zerocopy::{Immutable, IntoBytes, SplitByteSlice};
 
 /// Whether a buffer holds whole packets, which decides what a declared
 /// length (IPv4 total length, IPv6 payload length, UDP length) beyond the
@@ -76,4 +76,21 @@ impl Capture {
             },
         }
     }
+}
+
+/// Writes a raw header at the start of `buf`: the last step of every
+/// `XxxRepr::emit`.
+fn write_header<T: IntoBytes + Immutable>(
+    buf: &mut [u8],
+    header: &T,
+) -> Result<(), BufferTooShort> {
+    let bytes = header.as_bytes();
+    let available = buf.len();
+    buf.get_mut(..bytes.len())
+        .ok_or(BufferTooShort {
+            needed: bytes.len(),
+            available,
+        })?
+        .copy_from_slice(bytes);
+    Ok(())
 }

@@ -278,13 +278,7 @@ impl TcpRepr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, TcpHeader>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
-        *header = TcpHeader {
+        let header = TcpHeader {
             src_port: U16::new(self.src_port),
             dst_port: U16::new(self.dst_port),
             seq: U32::new(self.seq),
@@ -295,7 +289,7 @@ impl TcpRepr {
             checksum: U16::ZERO,
             urgent: U16::ZERO,
         };
-        Ok(())
+        super::write_header(buf, &header)
     }
 }
 

@@ -175,19 +175,13 @@ impl UdpRepr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, UdpHeader>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
-        *header = UdpHeader {
+        let header = UdpHeader {
             src_port: U16::new(self.src_port),
             dst_port: U16::new(self.dst_port),
             len: U16::new(self.payload_len.saturating_add(8)),
             checksum: U16::ZERO,
         };
-        Ok(())
+        super::write_header(buf, &header)
     }
 }
 

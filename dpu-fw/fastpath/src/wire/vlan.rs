@@ -156,14 +156,11 @@ impl VlanRepr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let mut packet = VlanPacket::new_checked(buf).map_err(|_| BufferTooShort {
-            needed: self.buffer_len(),
-            available,
-        })?;
-        packet.set_tci(self.tci);
-        packet.set_ethertype(self.ethertype);
-        Ok(())
+        let header = VlanHeader {
+            tci: U16::new(self.tci.0),
+            ethertype: U16::new(self.ethertype.number()),
+        };
+        super::write_header(buf, &header)
     }
 }
 

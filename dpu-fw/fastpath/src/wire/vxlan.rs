@@ -144,19 +144,13 @@ impl VxlanRepr {
     /// # Errors
     /// [`BufferTooShort`] when `buf` cannot hold it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), BufferTooShort> {
-        let available = buf.len();
-        let (mut header, _) =
-            Ref::<_, VxlanHeader>::from_prefix(buf).map_err(|_| BufferTooShort {
-                needed: self.buffer_len(),
-                available,
-            })?;
-        *header = VxlanHeader {
+        let header = VxlanHeader {
             flags: FLAG_I,
             reserved1: [0; 3],
             vni: self.vni.to_bytes(),
             reserved2: 0,
         };
-        Ok(())
+        super::write_header(buf, &header)
     }
 }
 
