@@ -124,6 +124,13 @@ impl<B: ByteSlice> EthernetFrame<B> {
         EthernetAddress(self.header.src)
     }
 
+    /// The EtherType field as a number (the frame parser's hot path
+    /// compares numbers rather than decoding the enum).
+    #[inline]
+    pub(crate) fn ethertype_number(&self) -> u16 {
+        self.header.ethertype.get()
+    }
+
     /// EtherType (or TPID of the first VLAN tag).
     #[must_use]
     pub fn ethertype(&self) -> EtherType {

@@ -358,12 +358,18 @@ fn parse_with(frame: &[u8], capture: Capture, parsed: &mut ParsedFrame) -> Resul
         }
         InnerStart::Ip(ethertype) => {
             let layers = parsed.inner.insert(Layers::EMPTY);
-            inner.network(tunnel.inner_offset, ethertype, layers)?;
+            inner.network(tunnel.inner_offset, ethertype.number(), layers)?;
         }
         InnerStart::Opaque => {}
     }
     Ok(())
 }
+
+const VLAN: u16 = EtherType::Vlan.number();
+const QINQ: u16 = EtherType::QinQ.number();
+const IPV4: u16 = EtherType::Ipv4.number();
+const IPV6: u16 = EtherType::Ipv6.number();
+const ARP: u16 = EtherType::Arp.number();
 
 /// What a tunnel header says follows it.
 #[derive(Clone, Copy)]
@@ -427,15 +433,15 @@ impl Level<'_> {
     #[inline(always)]
     fn ethernet(&self, offset: usize, layers: &mut Layers) -> Result<TunnelStart, ParseError> {
         let eth = EthernetFrame::new_checked(self.at(offset)).map_err(|k| self.err(k, offset))?;
-        let mut ethertype = eth.ethertype();
+        let mut ethertype = eth.ethertype_number();
         let mut pos = offset + EthernetFrame::<&[u8]>::HEADER_LEN;
-        while ethertype.is_vlan_tag() {
+        while ethertype == VLAN || ethertype == QINQ {
             let tag = VlanPacket::new_checked(self.at(pos)).map_err(|k| self.err(k, pos))?;
             layers
                 .vlans
                 .push_inner(tag.tci().vid())
                 .map_err(|_| self.err(ParseErrorKind::TooManyVlanTags, pos))?;
-            ethertype = tag.ethertype();
+            ethertype = tag.ethertype_number();
             pos += VlanPacket::<&[u8]>::HEADER_LEN;
         }
         layers.l2 = Some(off(offset));
@@ -446,26 +452,27 @@ impl Level<'_> {
     fn network(
         &self,
         pos: usize,
-        ethertype: EtherType,
+        ethertype: u16,
         layers: &mut Layers,
     ) -> Result<TunnelStart, ParseError> {
         layers.net_offset = off(pos);
         layers.end = off(self.limit);
+        // Numbers, not the enum: see `transport`.
         let ip = match ethertype {
-            EtherType::Ipv4 => {
+            IPV4 => {
                 layers.net = NetKind::Ipv4;
                 self.ip(pos, false, self.capture)?
             }
-            EtherType::Ipv6 => {
+            IPV6 => {
                 layers.net = NetKind::Ipv6;
                 self.ip(pos, true, self.capture)?
             }
-            EtherType::Arp => {
+            ARP => {
                 layers.net = NetKind::Arp;
                 return Ok(None);
             }
             other => {
-                layers.net = NetKind::Other(other);
+                layers.net = NetKind::Other(EtherType::from(other));
                 return Ok(None);
             }
         };
@@ -550,14 +557,21 @@ impl Level<'_> {
         let mut ports = (0, 0);
         let mut tunnel = None;
         let mut payload = l4;
-        match (ip.proto, ip.pair) {
-            (IpProtocol::Tcp, _) => {
+        // Match the protocol number, not the enum: the numbers are sparse
+        // and compile to compares, where the enum's dense discriminants
+        // compile to a jump table that mispredicts on mixed traffic.
+        const TCP: u8 = IpProtocol::Tcp.number();
+        const UDP: u8 = IpProtocol::Udp.number();
+        const ICMP: u8 = IpProtocol::Icmp.number();
+        const ICMPV6: u8 = IpProtocol::Icmpv6.number();
+        match (ip.proto.number(), ip.pair) {
+            (TCP, _) => {
                 let tcp = TcpPacket::new_checked(buf).map_err(fail)?;
                 ports = (tcp.src_port(), tcp.dst_port());
                 layers.tcp_flags = tcp.flags();
                 payload = l4 + tcp.header_len();
             }
-            (IpProtocol::Udp, _) => {
+            (UDP, _) => {
                 // A first fragment's UDP length covers the whole datagram.
                 let capture = if ip.fragment.is_some() {
                     Capture::Snapped
@@ -571,10 +585,10 @@ impl Level<'_> {
                     tunnel = self.tunnel(payload, udp.dst_port())?;
                 }
             }
-            (IpProtocol::Icmp, IpPair::V4(..)) => {
+            (ICMP, IpPair::V4(..)) => {
                 return self.icmp::<Icmpv4Type>(l4, ip.pair, layers).map(|()| None);
             }
-            (IpProtocol::Icmpv6, IpPair::V6(..)) => {
+            (ICMPV6, IpPair::V6(..)) => {
                 return self.icmp::<Icmpv6Type>(l4, ip.pair, layers).map(|()| None);
             }
             _ => {}

@@ -101,6 +101,13 @@ impl<B: ByteSlice> VlanPacket<B> {
         Tci(self.header.tci.get())
     }
 
+    /// The EtherType field as a number (the frame parser's hot path
+    /// compares numbers rather than decoding the enum).
+    #[inline]
+    pub(crate) fn ethertype_number(&self) -> u16 {
+        self.header.ethertype.get()
+    }
+
     /// EtherType of what follows the tag.
     #[must_use]
     pub fn ethertype(&self) -> EtherType {
