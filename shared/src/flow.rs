@@ -410,10 +410,22 @@ impl FlowKey {
     /// gateways, builds and architectures (see [`crate::hash`]).
     #[must_use]
     pub fn symmetric_hash(&self) -> u64 {
-        let (n, _) = self.normalised();
-        let tail = (u64::from(n.proto.number()) << 56) ^ n.vlans.hash_word();
+        self.normalised().0.ordered_hash()
+    }
+
+    /// The normalised key, the direction of `self`, and the symmetric hash,
+    /// normalising once (the session table's lookup).
+    #[must_use]
+    pub fn normalised_with_hash(&self) -> (Self, FlowDirection, u64) {
+        let (n, dir) = self.normalised();
+        (n, dir, n.ordered_hash())
+    }
+
+    /// The hash of the key in its own field order.
+    fn ordered_hash(&self) -> u64 {
+        let tail = (u64::from(self.proto.number()) << 56) ^ self.vlans.hash_word();
         let h = FlowHasher::new(SYMMETRIC_DOMAIN);
-        let h = match n.addrs {
+        let h = match self.addrs {
             Addrs::V4 { src, dst } => h
                 .word((u64::from(src.to_bits()) << 32) | u64::from(dst.to_bits()))
                 .word(4),
@@ -427,7 +439,7 @@ impl FlowKey {
                     .word(6)
             }
         };
-        h.word((u64::from(n.src_port) << 16) | u64::from(n.dst_port))
+        h.word((u64::from(self.src_port) << 16) | u64::from(self.dst_port))
             .word(tail)
             .finish()
     }
@@ -466,6 +478,9 @@ mod tests {
 
     use super::*;
 
+    // Computed independently (Python, 64-bit wrap) from the documented words.
+    const PINNED: u64 = 0x076F_43C2_CABF_D558;
+
     fn v4(a: [u8; 4]) -> Ipv4Addr {
         Ipv4Addr::from(a)
     }
@@ -499,6 +514,8 @@ mod tests {
         fn both_directions_share_hash_and_normal_form(key in any_key()) {
             let rev = key.reversed();
             prop_assert_eq!(key.symmetric_hash(), rev.symmetric_hash());
+            let (n, dir, h) = key.normalised_with_hash();
+            prop_assert_eq!((n, dir, h), (key.normalised().0, key.normalised().1, key.symmetric_hash()));
             prop_assert_eq!(key.normalised().0, rev.normalised().0);
             prop_assert!(key.normalised().0.is_normalised());
             prop_assert_eq!(rev.reversed(), key);
@@ -512,6 +529,20 @@ mod tests {
             prop_assert_eq!(IpProtocol::from(n).number(), n);
             prop_assert_eq!(IpProtocol::Unknown(n), IpProtocol::from(n));
         }
+    }
+
+    #[test]
+    fn pinned_key_hash() {
+        // Gateways of different builds must agree on instance choice: pin
+        // the key-to-words mapping, not only the mixer.
+        let key = FlowKey::v4(
+            v4([10, 0, 0, 1]),
+            v4([10, 0, 0, 2]),
+            IpProtocol::Tcp,
+            1234,
+            80,
+        );
+        assert_eq!(key.symmetric_hash(), PINNED);
     }
 
     #[test]

@@ -46,6 +46,26 @@ impl FlowHasher {
     }
 }
 
+/// A hash of a byte string (names): eight bytes per word, the length last.
+#[must_use]
+pub fn hash_bytes(domain: u64, bytes: &[u8]) -> u64 {
+    let mut h = FlowHasher::new(domain);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = h.word(u64::from_le_bytes(w));
+    }
+    let mut w = [0u8; 8];
+    let rest = chunks.remainder();
+    if let Some(dst) = w.get_mut(..rest.len()) {
+        dst.copy_from_slice(rest);
+    }
+    h.word(u64::from_le_bytes(w))
+        .word(bytes.len() as u64)
+        .finish()
+}
+
 /// The murmur3 64-bit finaliser: a bijection with full avalanche.
 #[must_use]
 pub const fn fmix64(mut h: u64) -> u64 {
@@ -79,6 +99,14 @@ mod tests {
         let a = FlowHasher::new(0).word(1).word(2).finish();
         let b = FlowHasher::new(0).word(2).word(1).finish();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn byte_strings_hash_by_content_and_length() {
+        assert_eq!(hash_bytes(1, b"fw-1"), hash_bytes(1, b"fw-1"));
+        assert_ne!(hash_bytes(1, b"fw-1"), hash_bytes(1, b"fw-2"));
+        assert_ne!(hash_bytes(1, b"a"), hash_bytes(1, b"a\0"));
+        assert_ne!(hash_bytes(1, b"0123456789"), hash_bytes(1, b"0123456780"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Types that the DPU fast path, the DPU runtime, the host agent and the
-//! protocol crate all speak: the identity of a connection ([`FlowKey`]) and
-//! the codes it is made of.
+//! protocol crate all speak: the identity of a connection ([`FlowKey`]),
+//! the validated configuration ([`Config`]), identifiers, time and
+//! telemetry.
 //!
 //! This crate is `no_std` and allocation-free so that the fast path running
 //! on the DPU's Arm cores can use every type here unchanged. Types are
@@ -22,7 +23,15 @@
 #![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
 pub mod code;
+pub mod config;
 pub mod flow;
 pub mod hash;
+pub mod ids;
+pub mod policy;
+pub mod telemetry;
+pub mod time;
 
+pub use config::{Config, ConfigBuilder, ConfigError};
 pub use flow::{FlowDirection, FlowKey, IpProtocol, VlanId, VlanStack, VlanStackFull};
+pub use ids::{ChainId, Generation, InstanceId, Name, PortId, ServiceId};
+pub use time::Nanos;
