@@ -1,10 +1,61 @@
 //! Links the fast path into a `no_std` static library. The exported
-//! function makes the parser and the flow hash part of the artefact, so
-//! what is checked is code that is really compiled, not just type-checked.
+//! functions make the parser, the flow hash and a whole data path (config,
+//! classifier, balancer, sessions) part of the artefact, so what is checked
+//! is code that is really compiled, not just type-checked. The fast path
+//! allocates its tables when it is set up; here they come from a bump
+//! allocator over a static arena, as firmware without an OS would do.
 
 #![no_std]
 
+extern crate alloc;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use chaingate_fastpath::datapath::{Datapath, Options, Verdict};
 use chaingate_fastpath::wire::parse;
+use chaingate_shared::config::{PortRole, Uplink};
+use chaingate_shared::{Config, Generation, Nanos};
+
+const ARENA: usize = 8 << 20;
+
+struct Bump {
+    arena: UnsafeCell<[u8; ARENA]>,
+    next: AtomicUsize,
+}
+
+// SAFETY: `next` hands out disjoint ranges of the arena atomically; the
+// arena itself is only reached through those ranges.
+unsafe impl Sync for Bump {}
+
+// SAFETY: every returned pointer is inside the arena, aligned as asked,
+// and never handed out twice; freeing is a no-op (a bump allocator).
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = self.arena.get().cast::<u8>();
+        let mut start = 0;
+        let claimed = self.next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+            start = (base as usize + next).next_multiple_of(layout.align()) - base as usize;
+            let end = start.checked_add(layout.size())?;
+            (end <= ARENA).then_some(end)
+        });
+        match claimed {
+            // SAFETY: `start + size <= ARENA`, so the pointer stays inside
+            // the arena.
+            Ok(_) => unsafe { base.add(start) },
+            Err(_) => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
+}
+
+#[global_allocator]
+static ALLOCATOR: Bump = Bump {
+    arena: UnsafeCell::new([0; ARENA]),
+    next: AtomicUsize::new(0),
+};
 
 /// The symmetric flow hash of a 128-byte frame buffer of which `len` bytes
 /// are the frame, or 0 when it does not parse.
@@ -17,7 +68,34 @@ pub extern "C" fn chaingate_flow_hash(frame: &[u8; 128], len: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sets up a data path with two uplinks and no policies (everything
+/// bypasses) and runs a frame through it from lan: 1 when it is forwarded.
+#[unsafe(no_mangle)]
+pub extern "C" fn chaingate_bypass(frame: &[u8; 128], len: usize) -> u32 {
+    let mut b = Config::builder(Generation(1));
+    let (Ok(lan), Ok(_)) = (
+        b.add_port("lan", PortRole::Uplink(Uplink::Lan)),
+        b.add_port("wan", PortRole::Uplink(Uplink::Wan)),
+    ) else {
+        return 0;
+    };
+    let Ok(config) = b.build() else { return 0 };
+    let options = Options {
+        sessions: 64,
+        events: 64,
+        ..Options::default()
+    };
+    let mut dp = Datapath::new(config, &options);
+    let Some(frame) = frame.get(..len) else { return 0 };
+    u32::from(matches!(dp.process(lan, frame, Nanos(0)), Verdict::Forward { .. }))
+}
+
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
+
+/// The host's prebuilt `alloc` was compiled with unwinding and names this
+/// symbol; with `panic = "abort"` nothing ever calls it.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}

@@ -30,7 +30,7 @@ extern crate alloc;
 
 pub mod balance;
 pub mod classify;
-
+pub mod datapath;
 pub mod meter;
 pub mod session;
 pub mod wire;

@@ -245,6 +245,7 @@ fn ipv4_options_are_skipped() {
     let f = frame(&[], NetSpec::Ip(ip, tcp(1, 2, TcpFlags::SYN)), b"");
     let parsed = parse(&f).unwrap();
     assert_eq!(parsed.outer().transport_offset(), Some(14 + 28));
+    assert_eq!(parsed.outer().dscp(), 46);
     assert_eq!(parsed.key().unwrap().src_port(), 1);
 }
 

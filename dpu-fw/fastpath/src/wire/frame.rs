@@ -152,6 +152,7 @@ pub struct Layers {
     payload: Option<NonZeroU32>,
     protocol: Option<IpProtocol>,
     tcp_flags: TcpFlags,
+    dscp: u8,
     fragment: Option<Fragment>,
     icmp_error: Option<(u8, u8, Off)>,
 }
@@ -168,6 +169,7 @@ impl Layers {
         payload: None,
         protocol: None,
         tcp_flags: TcpFlags(0),
+        dscp: 0,
         fragment: None,
         icmp_error: None,
     };
@@ -230,6 +232,12 @@ impl Layers {
     #[must_use]
     pub const fn fragment(&self) -> Option<Fragment> {
         self.fragment
+    }
+
+    /// The DSCP of the IP header (0 without IP).
+    #[must_use]
+    pub const fn dscp(&self) -> u8 {
+        self.dscp
     }
 
     /// TCP control bits (empty for other protocols).
@@ -417,6 +425,7 @@ struct IpHeader {
     /// End of the packet within the buffer.
     end: usize,
     fragment: Option<Fragment>,
+    dscp: u8,
 }
 
 impl Level<'_> {
@@ -479,6 +488,7 @@ impl Level<'_> {
         layers.end = off(ip.end);
         layers.protocol = Some(ip.proto);
         layers.fragment = ip.fragment;
+        layers.dscp = ip.dscp;
         let Some(l4) = ip.l4 else {
             layers.key = Some(ip.pair.key(ip.proto, (0, 0)).with_vlans(layers.vlans));
             return Ok(None);
@@ -523,6 +533,7 @@ impl Level<'_> {
                 l4,
                 end: ext_base + ip.payload().len(),
                 fragment,
+                dscp: ip.traffic_class() >> 2,
             })
         } else {
             let ip = Ipv4Packet::new_checked(self.at(pos), capture).map_err(fail)?;
@@ -541,6 +552,7 @@ impl Level<'_> {
                 l4: fragment.is_none_or(|f| f.is_first()).then_some(l4),
                 end: l4 + ip.payload().len(),
                 fragment,
+                dscp: ip.dscp(),
             })
         }
     }

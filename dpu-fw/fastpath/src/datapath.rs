@@ -1,0 +1,918 @@
+//! The per-packet decisions: what happens to a packet that reached the fast
+//! path (a miss in the NIC's rules), and the control operations around it.
+//!
+//! A packet enters at a port:
+//! - At an uplink, its flow key (customer VLANs only) finds its session, or
+//!   a new session is opened: the classifier picks a chain (or bypass, or
+//!   drop), the balancer an instance for every hop. The packet goes to the
+//!   first hop in its direction of travel with the segment tag pushed, or
+//!   to the other uplink.
+//! - At an instance's VF, the outer VLAN tag must be a segment tag whose hop
+//!   belongs to the instance's service. Without it the key, now without
+//!   that tag, finds the session; the packet goes to the next hop (tag
+//!   rewritten) or out of the far uplink (tag popped). A packet the session
+//!   does not know came back rewritten (NAT): a continuation session is
+//!   opened for the new tuple, with the rewriting instance at its hop, so
+//!   both directions of the rewritten flow keep to it.
+//!
+//! Chains are walked in order from lan to wan and in reverse from wan to
+//! lan (see [`chaingate_shared::config`]). Every session opened, changed or
+//! ended asks for its hardware rules through [`Event`]s, which the offload
+//! layer drains. Nothing here allocates per packet.
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+use chaingate_shared::config::{
+    Config, FailMode, InstanceState, PortRole, Segment, Travel, Uplink,
+};
+use chaingate_shared::policy::{ClassifyInput, Dscp, PolicyAction};
+use chaingate_shared::telemetry::ScaleRequest;
+use chaingate_shared::{ChainId, FlowDirection, FlowKey, InstanceId, Nanos, PortId, VlanId};
+
+use crate::balance::{Balancer, Choice};
+use crate::classify::Classifier;
+use crate::meter::Meters;
+use crate::session::{
+    Admission, ConnState, DropCause, Session, SessionAction, SessionId, SessionTable, Timeouts,
+};
+use crate::wire::{Layers, ParsedFrame, parse_into};
+
+/// What the VLAN tag of a forwarded packet needs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum VlanAction {
+    /// Nothing.
+    Keep,
+    /// Push an 802.1Q tag with this id (entering a chain).
+    Push(VlanId),
+    /// Rewrite the outer tag's id (hop to hop).
+    Set(VlanId),
+    /// Remove the outer tag (leaving a chain).
+    Pop,
+}
+
+/// Why a packet was dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u8)]
+pub enum DropReason {
+    /// The frame does not parse.
+    Malformed,
+    /// The ingress port is not configured, or is a VF without an instance.
+    UnknownPort,
+    /// A policy drops the connection.
+    Policy,
+    /// A fail-closed service has no instance to take the connection.
+    NoInstance,
+    /// The session table is full and refuses new connections.
+    TableFull,
+    /// A packet from an instance without a segment tag of a chain.
+    NotASegment,
+    /// A packet from an instance tagged with another service's segment.
+    WrongInstance,
+    /// An ICMP error or fragment that belongs to no session.
+    NoSession,
+    /// The connection's fail-closed service lost its instance.
+    ServiceFailed,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [Self; 9] = [
+        Self::Malformed,
+        Self::UnknownPort,
+        Self::Policy,
+        Self::NoInstance,
+        Self::TableFull,
+        Self::NotASegment,
+        Self::WrongInstance,
+        Self::NoSession,
+        Self::ServiceFailed,
+    ];
+
+    /// A short name for counters and logs.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownPort => "unknown_port",
+            Self::Policy => "policy",
+            Self::NoInstance => "no_instance",
+            Self::TableFull => "table_full",
+            Self::NotASegment => "not_a_segment",
+            Self::WrongInstance => "wrong_instance",
+            Self::NoSession => "no_session",
+            Self::ServiceFailed => "service_failed",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to do with a packet.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Verdict {
+    /// Send it out of `port`, after the VLAN action.
+    Forward {
+        /// The port.
+        port: PortId,
+        /// The tag change.
+        vlan: VlanAction,
+    },
+    /// Drop it.
+    Drop(DropReason),
+    /// Hand it to the DPU's own stack (non-IP from an instance).
+    ToHost,
+}
+
+/// A request to the offload layer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Event {
+    /// A session was opened: install its rules.
+    Install(SessionId),
+    /// A session's path or action changed: replace its rules.
+    Update(SessionId),
+    /// A session ended: remove its rules.
+    Remove(SessionId),
+}
+
+/// Counters of everything the fast path decided.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Packets handed to the host.
+    pub to_host: u64,
+    /// Packets dropped, by [`DropReason`] (in [`DropReason::ALL`] order).
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Sessions opened at an uplink.
+    pub sessions_opened: u64,
+    /// Continuation sessions opened for rewritten flows.
+    pub continuations: u64,
+    /// Sessions ended by TCP RST.
+    pub sessions_reset: u64,
+    /// Sessions moved to another instance after a failure.
+    pub repathed: u64,
+    /// Sessions dropped because a fail-closed instance failed.
+    pub failed_closed: u64,
+    /// Events lost because the queue was full (the offload layer
+    /// reconciles against the session table).
+    pub events_dropped: u64,
+    /// Later fragments matched to their session.
+    pub fragments_matched: u64,
+}
+
+impl Counters {
+    /// Packets dropped for `reason`.
+    #[must_use]
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.dropped.get(reason as usize).copied().unwrap_or(0)
+    }
+}
+
+/// How the data path is sized and tuned.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Session table capacity.
+    pub sessions: usize,
+    /// What a full session table does.
+    pub admission: Admission,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Time constant of the bandwidth averages.
+    pub meter_tau: Nanos,
+    /// Capacity of the event queue.
+    pub events: usize,
+    /// Session slots visited for expiry per tick.
+    pub expire_budget: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sessions: 1 << 16,
+            admission: Admission::Refuse,
+            timeouts: Timeouts::default(),
+            meter_tau: Nanos::SECOND,
+            events: 1 << 14,
+            expire_budget: 4096,
+        }
+    }
+}
+
+/// The instance id a config refers to is not configured.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UnknownInstance(pub InstanceId);
+
+impl fmt::Display for UnknownInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is not configured", self.0)
+    }
+}
+
+impl core::error::Error for UnknownInstance {}
+
+/// What a session lookup found.
+enum Found {
+    Session(SessionId, FlowDirection),
+    Nothing { dir: FlowDirection, hash: u64 },
+}
+
+/// A first fragment's (source, destination, protocol, identification) and
+/// its session.
+type FragmentEntry = (IpAddr, IpAddr, u8, u32, SessionId);
+
+/// Later fragments remembered per first fragment.
+const FRAGMENT_SLOTS: usize = 1024;
+
+/// A later fragment finds its session through the first one: (source,
+/// destination, protocol, identification) of the first fragment seen, in a
+/// direct-mapped table. A later fragment that arrives first, or whose entry
+/// was overwritten, is a flow of its own (ports 0).
+#[derive(Clone, Debug)]
+struct Fragments {
+    slots: Vec<Option<FragmentEntry>>,
+}
+
+impl Fragments {
+    fn new() -> Self {
+        Self {
+            slots: alloc::vec![None; FRAGMENT_SLOTS],
+        }
+    }
+
+    fn slot(src: IpAddr, dst: IpAddr, proto: u8, ident: u32) -> usize {
+        let a = FlowKey::new(src, dst, chaingate_shared::IpProtocol::from(proto), 0, 0)
+            .map_or(0, |k| k.symmetric_hash());
+        // Below FRAGMENT_SLOTS: fits usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let slot = ((a ^ u64::from(ident).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            % FRAGMENT_SLOTS as u64) as usize;
+        slot
+    }
+
+    fn remember(&mut self, key: &FlowKey, ident: u32, id: SessionId) {
+        let p = key.proto().number();
+        if let Some(s) = self
+            .slots
+            .get_mut(Self::slot(key.src(), key.dst(), p, ident))
+        {
+            *s = Some((key.src(), key.dst(), p, ident, id));
+        }
+    }
+
+    fn find(&self, key: &FlowKey, ident: u32) -> Option<SessionId> {
+        let p = key.proto().number();
+        match self.slots.get(Self::slot(key.src(), key.dst(), p, ident))? {
+            Some((s, d, pr, i, id))
+                if *s == key.src() && *d == key.dst() && *pr == p && *i == ident =>
+            {
+                Some(*id)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The fast path of one DPU.
+#[derive(Debug)]
+pub struct Datapath {
+    config: Box<Config>,
+    states: Vec<InstanceState>,
+    classifier: Classifier,
+    balancer: Balancer,
+    meters: Meters,
+    sessions: SessionTable,
+    timeouts: Timeouts,
+    expire_budget: usize,
+    events: VecDeque<Event>,
+    event_capacity: usize,
+    counters: Counters,
+    parsed: ParsedFrame,
+    fragments: Fragments,
+}
+
+impl Datapath {
+    /// A data path for `config`, sized by `options`.
+    #[must_use]
+    pub fn new(config: Config, options: &Options) -> Self {
+        let states: Vec<InstanceState> = config.instances().iter().map(|i| i.state()).collect();
+        let classifier = Classifier::new(&config);
+        let balancer = Balancer::new(&config, |i| state_of(&states, i));
+        let meters = Meters::new(&config, options.meter_tau);
+        Self {
+            config: Box::new(config),
+            states,
+            classifier,
+            balancer,
+            meters,
+            sessions: SessionTable::new(options.sessions, options.admission),
+            timeouts: options.timeouts,
+            expire_budget: options.expire_budget,
+            events: VecDeque::with_capacity(options.events),
+            event_capacity: options.events.max(1),
+            counters: Counters::default(),
+            parsed: ParsedFrame::EMPTY,
+            fragments: Fragments::new(),
+        }
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The counters.
+    #[must_use]
+    pub const fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The session table.
+    #[must_use]
+    pub const fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// The meters.
+    #[must_use]
+    pub const fn meters(&self) -> &Meters {
+        &self.meters
+    }
+
+    /// A session, for the offload layer and for listing.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    /// The current state of an instance.
+    #[must_use]
+    pub fn instance_state(&self, id: InstanceId) -> Option<InstanceState> {
+        self.states.get(id.index()).copied()
+    }
+
+    /// The next request for the offload layer.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next scale request for the host agent.
+    pub fn next_scale_request(&mut self) -> Option<ScaleRequest> {
+        self.meters.pop_request()
+    }
+
+    fn emit(&mut self, event: Event) {
+        if self.events.len() >= self.event_capacity {
+            self.counters.events_dropped += 1;
+        } else {
+            self.events.push_back(event);
+        }
+    }
+
+    fn drop(&mut self, reason: DropReason) -> Verdict {
+        if let Some(c) = self.counters.dropped.get_mut(reason as usize) {
+            *c += 1;
+        }
+        Verdict::Drop(reason)
+    }
+
+    /// Decides what happens to a frame that entered at `in_port` at `now`.
+    pub fn process(&mut self, in_port: PortId, frame: &[u8], now: Nanos) -> Verdict {
+        let Some(role) = self.config.port(in_port).map(|p| p.role()) else {
+            return self.drop(DropReason::UnknownPort);
+        };
+        if parse_into(frame, &mut self.parsed).is_err() {
+            return self.drop(DropReason::Malformed);
+        }
+        let layers = *self.parsed.outer();
+        let verdict = match role {
+            PortRole::Uplink(uplink) => {
+                self.enter_at_uplink(uplink, in_port, &layers, frame.len(), now)
+            }
+            PortRole::Vf => self.back_from_instance(in_port, &layers, frame.len(), now),
+        };
+        match verdict {
+            Verdict::Forward { .. } => self.counters.forwarded += 1,
+            Verdict::ToHost => self.counters.to_host += 1,
+            Verdict::Drop(_) => {}
+        }
+        verdict
+    }
+
+    fn enter_at_uplink(
+        &mut self,
+        uplink: Uplink,
+        in_port: PortId,
+        layers: &Layers,
+        len: usize,
+        now: Nanos,
+    ) -> Verdict {
+        let other = self.config.uplink_port(uplink.other());
+        let Some(key) = layers.key().copied() else {
+            // ARP, LLDP and other link-level traffic cross the gateway: it
+            // is a bump in the wire.
+            return Verdict::Forward {
+                port: other,
+                vlan: VlanAction::Keep,
+            };
+        };
+        let (id, dir) = match self.find_session(layers, &key) {
+            Found::Session(id, dir) => {
+                if layers.fragment().is_some_and(|f| !f.is_first()) {
+                    self.counters.fragments_matched += 1;
+                }
+                (id, dir)
+            }
+            Found::Nothing { .. } if layers.icmp_error().is_some() => {
+                return self.drop(DropReason::NoSession);
+            }
+            Found::Nothing { dir, hash } => {
+                match self.open(uplink, in_port, &key, hash, layers, now) {
+                    Ok(id) => (id, dir),
+                    Err(reason) => return self.drop(reason),
+                }
+            }
+        };
+        if let Some(f) = layers.fragment().filter(|f| f.is_first() && f.more) {
+            self.fragments.remember(&key, f.ident, id);
+        }
+        self.advance(id, None, uplink.travel(), dir, layers, len, now)
+    }
+
+    /// The session of a packet: by its key, or for a later fragment (no
+    /// ports) through its first fragment, with the direction of the packet
+    /// relative to the session's normalised key.
+    fn find_session(&self, layers: &Layers, key: &FlowKey) -> Found {
+        let (normal, dir, hash) = key.normalised_with_hash();
+        if let Some(id) = self.sessions.find(&normal, hash) {
+            return Found::Session(id, dir);
+        }
+        let fragment_session = layers
+            .fragment()
+            .filter(|f| !f.is_first())
+            .and_then(|f| self.fragments.find(key, f.ident))
+            .and_then(|id| Some((id, self.sessions.get(id)?)));
+        match fragment_session {
+            Some((id, s)) => {
+                let dir = if key.src() == s.key().src() {
+                    FlowDirection::Forward
+                } else {
+                    FlowDirection::Reverse
+                };
+                Found::Session(id, dir)
+            }
+            None => Found::Nothing { dir, hash },
+        }
+    }
+
+    fn open(
+        &mut self,
+        uplink: Uplink,
+        in_port: PortId,
+        key: &FlowKey,
+        hash: u64,
+        layers: &Layers,
+        now: Nanos,
+    ) -> Result<SessionId, DropReason> {
+        let dscp = Dscp::masked(layers.dscp());
+        let class = self
+            .classifier
+            .classify(&ClassifyInput { in_port, key, dscp });
+        let action = match class.action {
+            PolicyAction::Chain(c) => SessionAction::Chain(c),
+            PolicyAction::Bypass => SessionAction::Bypass,
+            PolicyAction::Drop => SessionAction::Drop(DropCause::Policy),
+        };
+        let mut session = Session::new(key, uplink, action, now);
+        if let SessionAction::Chain(chain) = action {
+            self.choose_hops(&mut session, chain, hash, 0..usize::MAX, now)?;
+        }
+        let id = self.insert(hash, session)?;
+        self.counters.sessions_opened += 1;
+        Ok(id)
+    }
+
+    /// Picks instances for the hops of `chain` within `hops`.
+    fn choose_hops(
+        &mut self,
+        session: &mut Session,
+        chain: ChainId,
+        hash: u64,
+        hops: core::ops::Range<usize>,
+        now: Nanos,
+    ) -> Result<(), DropReason> {
+        let Some(services) = self.config.chain(chain).map(|c| c.services()) else {
+            return Err(DropReason::NoInstance);
+        };
+        for (hop, service) in services.iter().enumerate() {
+            if !hops.contains(&hop) {
+                continue;
+            }
+            let choice = self.balancer.choose(*service, hash, &self.meters);
+            if let Choice::Overloaded(_) = choice {
+                self.meters.request_scale(*service, now);
+            }
+            if choice == Choice::Unavailable
+                && self.config.service(*service).map(|s| s.fail()) == Some(FailMode::Closed)
+            {
+                return Err(DropReason::NoInstance);
+            }
+            session.set_hop(hop, choice.instance());
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, hash: u64, session: Session) -> Result<SessionId, DropReason> {
+        let mut evicted = None;
+        let id = self
+            .sessions
+            .insert(hash, session, |old, _| evicted = Some(old))
+            .map_err(|_| DropReason::TableFull)?;
+        if let Some(old) = evicted {
+            self.emit(Event::Remove(old));
+        }
+        self.emit(Event::Install(id));
+        Ok(id)
+    }
+
+    fn back_from_instance(
+        &mut self,
+        in_port: PortId,
+        layers: &Layers,
+        len: usize,
+        now: Nanos,
+    ) -> Verdict {
+        let Some(instance) = self.config.port_owner(in_port) else {
+            return self.drop(DropReason::UnknownPort);
+        };
+        let Some(key) = layers.key().copied() else {
+            return Verdict::ToHost;
+        };
+        let Some(segment) = key.vlans().outer().and_then(|tag| self.config.segment(tag)) else {
+            return self.drop(DropReason::NotASegment);
+        };
+        let hop_service = self
+            .config
+            .chain(segment.chain)
+            .and_then(|c| c.services().get(usize::from(segment.hop)).copied());
+        let own_service = self.config.instance(instance).map(|i| i.service());
+        if hop_service.is_none() || hop_service != own_service {
+            return self.drop(DropReason::WrongInstance);
+        }
+        let key = key.with_vlans(key.vlans().without_outer());
+        let (id, dir) = match self.find_session(layers, &key) {
+            Found::Session(id, dir)
+                if self.sessions.get(id).map(Session::action)
+                    == Some(SessionAction::Chain(segment.chain)) =>
+            {
+                (id, dir)
+            }
+            Found::Session(..) => return self.drop(DropReason::NotASegment),
+            Found::Nothing { .. } if layers.icmp_error().is_some() => {
+                return self.drop(DropReason::NoSession);
+            }
+            Found::Nothing { dir, hash } => {
+                match self.continue_flow(&key, hash, segment, instance, now) {
+                    Ok(id) => (id, dir),
+                    Err(reason) => return self.drop(reason),
+                }
+            }
+        };
+        self.advance(
+            id,
+            Some(usize::from(segment.hop)),
+            segment.travel,
+            dir,
+            layers,
+            len,
+            now,
+        )
+    }
+
+    /// Opens the continuation of a flow that an instance rewrote.
+    fn continue_flow(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        segment: Segment,
+        instance: InstanceId,
+        now: Nanos,
+    ) -> Result<SessionId, DropReason> {
+        let origin = match segment.travel {
+            Travel::ToWan => Uplink::Lan,
+            Travel::ToLan => Uplink::Wan,
+        };
+        let hop = usize::from(segment.hop);
+        let mut session = Session::new(key, origin, SessionAction::Chain(segment.chain), now)
+            .continuing(segment.hop, segment.travel);
+        session.set_hop(hop, Some(instance));
+        let rest = match segment.travel {
+            Travel::ToWan => hop + 1..usize::MAX,
+            Travel::ToLan => 0..hop,
+        };
+        self.choose_hops(&mut session, segment.chain, hash, rest, now)?;
+        let id = self.insert(hash, session)?;
+        self.counters.continuations += 1;
+        Ok(id)
+    }
+
+    /// Sends a packet of session `id` on from `after` (an uplink when
+    /// `None`), travelling `travel`.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &mut self,
+        id: SessionId,
+        after: Option<usize>,
+        travel: Travel,
+        dir: FlowDirection,
+        layers: &Layers,
+        len: usize,
+        now: Nanos,
+    ) -> Verdict {
+        let Some(session) = self.sessions.get_mut(id) else {
+            return self.drop(DropReason::NoSession);
+        };
+        let from_opener = session.from_opener(dir);
+        let was_reset = session.conn() == ConnState::Reset;
+        session.touch(now, layers.tcp_flags(), from_opener);
+        let session = *session;
+        // A reset session lives on for its short timeout: the RST still
+        // has hops to walk, and stray packets must not open a new session.
+        if !was_reset && session.conn() == ConnState::Reset {
+            self.counters.sessions_reset += 1;
+        }
+        match session.action() {
+            SessionAction::Drop(DropCause::Policy) => self.drop(DropReason::Policy),
+            SessionAction::Drop(DropCause::ServiceFailed) => self.drop(DropReason::ServiceFailed),
+            SessionAction::Bypass => Verdict::Forward {
+                port: self.config.uplink_port(travel.exit()),
+                vlan: VlanAction::Keep,
+            },
+            SessionAction::Chain(chain) => self.next_hop(&session, chain, after, travel, len),
+        }
+    }
+
+    fn next_hop(
+        &mut self,
+        session: &Session,
+        chain: ChainId,
+        after: Option<usize>,
+        travel: Travel,
+        len: usize,
+    ) -> Verdict {
+        let hops = self.config.chain(chain).map_or(0, |c| c.len());
+        let mut candidates = hop_order(hops, after, travel);
+        let next = candidates.find_map(|h| session.hop(h).map(|i| (h, i)));
+        let tag_now = after.is_some();
+        match next {
+            Some((hop, instance)) => {
+                let Some(port) = self
+                    .config
+                    .instance(instance)
+                    .map(|i| i.attachment().entry(travel))
+                else {
+                    return self.drop(DropReason::NoInstance);
+                };
+                let segment = Segment {
+                    chain,
+                    hop: u8::try_from(hop).unwrap_or(u8::MAX),
+                    travel,
+                };
+                let Some(tag) = self.config.segment_tag(segment) else {
+                    return self.drop(DropReason::NotASegment);
+                };
+                self.meters.record(instance, len);
+                let vlan = if tag_now {
+                    VlanAction::Set(tag)
+                } else {
+                    VlanAction::Push(tag)
+                };
+                Verdict::Forward { port, vlan }
+            }
+            None => Verdict::Forward {
+                port: self.config.uplink_port(travel.exit()),
+                vlan: if tag_now {
+                    VlanAction::Pop
+                } else {
+                    VlanAction::Keep
+                },
+            },
+        }
+    }
+
+    fn end(&mut self, id: SessionId) {
+        if self.sessions.remove(id).is_some() {
+            self.emit(Event::Remove(id));
+        }
+    }
+
+    /// Folds counters into the meters, raises scale requests, and expires
+    /// idle sessions (a bounded number of slots per call). Call it
+    /// regularly (the runtime: every few milliseconds).
+    pub fn tick(&mut self, now: Nanos) {
+        self.meters.tick(now);
+        let mut ended = Vec::new();
+        self.sessions
+            .expire(now, &self.timeouts, self.expire_budget, |id, _| {
+                ended.push(id);
+            });
+        for id in ended {
+            self.emit(Event::Remove(id));
+        }
+    }
+
+    /// Counter deltas of an instance's hardware rules.
+    pub fn add_counts(&mut self, instance: InstanceId, bytes: u64, packets: u64) {
+        self.meters.add_counts(instance, bytes, packets);
+    }
+
+    /// A session's hardware rules counted packets up to `now`: it is not
+    /// idle.
+    pub fn mark_active(&mut self, id: SessionId, now: Nanos) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.touch_counters(now);
+        }
+    }
+
+    /// Changes an instance's state. Draining takes it out of new sessions.
+    /// Down also moves its sessions to another instance (fail open; with
+    /// none left the hop is skipped) or makes them drop (fail closed).
+    ///
+    /// # Errors
+    /// [`UnknownInstance`].
+    pub fn set_instance_state(
+        &mut self,
+        instance: InstanceId,
+        state: InstanceState,
+        now: Nanos,
+    ) -> Result<(), UnknownInstance> {
+        let slot = self
+            .states
+            .get_mut(instance.index())
+            .ok_or(UnknownInstance(instance))?;
+        *slot = state;
+        self.meters
+            .set_active(instance, state == InstanceState::Active);
+        let states = &self.states;
+        self.balancer = Balancer::new(&self.config, |i| state_of(states, i));
+        if state == InstanceState::Down {
+            self.fail_over(|i| i == instance, now);
+        }
+        Ok(())
+    }
+
+    /// Moves or drops the sessions on instances for which `failed` holds.
+    fn fail_over(&mut self, failed: impl Fn(InstanceId) -> bool, now: Nanos) {
+        let ids: Vec<SessionId> = self.sessions.ids().collect();
+        for id in ids {
+            let Some(mut session) = self.sessions.get(id).copied() else {
+                continue;
+            };
+            let SessionAction::Chain(chain) = session.action() else {
+                continue;
+            };
+            let services: Vec<_> = self
+                .config
+                .chain(chain)
+                .map(|c| c.services().to_vec())
+                .unwrap_or_default();
+            let mut changed = false;
+            for (hop, service) in services.iter().enumerate() {
+                if !session.hop(hop).is_some_and(&failed) {
+                    continue;
+                }
+                changed = true;
+                match self.config.service(*service).map(|s| s.fail()) {
+                    Some(FailMode::Open) => {
+                        let choice = self.balancer.choose(
+                            *service,
+                            session.key().symmetric_hash(),
+                            &self.meters,
+                        );
+                        if let Choice::Overloaded(_) = choice {
+                            self.meters.request_scale(*service, now);
+                        }
+                        session.set_hop(hop, choice.instance());
+                    }
+                    _ => session.set_action(SessionAction::Drop(DropCause::ServiceFailed)),
+                }
+            }
+            if !changed {
+                continue;
+            }
+            if session.action() == SessionAction::Drop(DropCause::ServiceFailed) {
+                self.counters.failed_closed += 1;
+            } else {
+                self.counters.repathed += 1;
+            }
+            if let Some(s) = self.sessions.get_mut(id) {
+                *s = session;
+            }
+            self.emit(Event::Update(id));
+        }
+    }
+
+    /// Takes a new configuration generation. Sessions keep their paths:
+    /// instances and chains are matched by name; a session whose chain is
+    /// gone or changed ends, and hops whose instance is gone or down fail
+    /// over as when an instance goes down.
+    pub fn apply(&mut self, config: Config, now: Nanos) {
+        let old = core::mem::replace(&mut self.config, Box::new(config));
+        let new = &self.config;
+        let instance_map: Vec<Option<InstanceId>> = old
+            .instances()
+            .iter()
+            .map(|i| {
+                new.instances()
+                    .iter()
+                    .position(|n| {
+                        n.name() == i.name()
+                            && new.service(n.service()).map(|s| s.name())
+                                == old.service(i.service()).map(|s| s.name())
+                    })
+                    .and_then(|p| u16::try_from(p).ok())
+                    .map(InstanceId::from_index)
+            })
+            .collect();
+        let chain_map: Vec<Option<ChainId>> = old
+            .chains()
+            .iter()
+            .map(|c| {
+                let p = new.chains().iter().position(|n| n.name() == c.name())?;
+                let same = new.chains().get(p).is_some_and(|n| {
+                    n.services().len() == c.services().len()
+                        && n.services().iter().zip(c.services()).all(|(a, b)| {
+                            new.service(*a).map(|s| s.name()) == old.service(*b).map(|s| s.name())
+                        })
+                });
+                same.then(|| ChainId::from_index(u16::try_from(p).unwrap_or(u16::MAX)))
+            })
+            .collect();
+        self.states = new.instances().iter().map(|i| i.state()).collect();
+        self.classifier = Classifier::new(new);
+        let states = &self.states;
+        self.balancer = Balancer::new(new, |i| state_of(states, i));
+        self.meters.reconfigure(new, |id| {
+            instance_map
+                .iter()
+                .position(|m| *m == Some(id))
+                .and_then(|p| u16::try_from(p).ok())
+                .map(InstanceId::from_index)
+        });
+        // Carry the sessions over: renumber, or end those whose chain
+        // changed. A hop whose instance is gone gets an id past the end,
+        // which reads as down, and fails over with the down ones.
+        let gone = InstanceId::from_index(u16::MAX - 1);
+        let ids: Vec<SessionId> = self.sessions.ids().collect();
+        for id in ids {
+            let Some(SessionAction::Chain(c)) = self.sessions.get(id).map(Session::action) else {
+                continue;
+            };
+            let Some(new_chain) = chain_map.get(c.index()).copied().flatten() else {
+                self.end(id);
+                continue;
+            };
+            if let Some(session) = self.sessions.get_mut(id) {
+                session.set_action(SessionAction::Chain(new_chain));
+                for hop in 0..chaingate_shared::config::MAX_HOPS {
+                    if let Some(i) = session.hop(hop) {
+                        let mapped = instance_map.get(i.index()).copied().flatten();
+                        session.set_hop(hop, Some(mapped.unwrap_or(gone)));
+                    }
+                }
+            }
+        }
+        let states = self.states.clone();
+        self.fail_over(|i| state_of(&states, i) == InstanceState::Down, now);
+    }
+}
+
+/// The hops to try after `after` (from an uplink when `None`), in the
+/// order of travel.
+fn hop_order(hops: usize, after: Option<usize>, travel: Travel) -> impl Iterator<Item = usize> {
+    let (forward, backward) = match (travel, after) {
+        (Travel::ToWan, None) => (0..hops, None),
+        (Travel::ToWan, Some(h)) => (h + 1..hops, None),
+        (Travel::ToLan, None) => (0..0, Some(0..hops)),
+        (Travel::ToLan, Some(h)) => (0..0, Some(0..h)),
+    };
+    forward.chain(backward.into_iter().flat_map(Iterator::rev))
+}
+
+fn state_of(states: &[InstanceState], i: InstanceId) -> InstanceState {
+    states
+        .get(i.index())
+        .copied()
+        .unwrap_or(InstanceState::Down)
+}
+
+#[cfg(test)]
+mod tests;
