@@ -26,7 +26,7 @@ use crate::policy::{Policy, PolicyAction};
 use crate::{IpProtocol, VlanId};
 
 /// Most switch ports (uplinks and VF representors).
-pub const MAX_PORTS: usize = 64;
+pub const MAX_PORTS: usize = 256;
 /// Most services.
 pub const MAX_SERVICES: usize = 32;
 /// Most instances over all services.

@@ -24,14 +24,16 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
-use core::net::IpAddr;
+use core::net::{IpAddr, Ipv4Addr};
 
 use chaingate_shared::config::{
     Config, FailMode, InstanceState, PortRole, Segment, Travel, Uplink,
 };
 use chaingate_shared::policy::{ClassifyInput, Dscp, PolicyAction};
 use chaingate_shared::telemetry::ScaleRequest;
-use chaingate_shared::{ChainId, FlowDirection, FlowKey, InstanceId, Nanos, PortId, VlanId};
+use chaingate_shared::{
+    ChainId, FlowDirection, FlowKey, InstanceId, IpProtocol, Nanos, PortId, VlanId,
+};
 
 use crate::balance::{Balancer, Choice};
 use crate::classify::Classifier;
@@ -218,6 +220,28 @@ impl fmt::Display for UnknownInstance {
 
 impl core::error::Error for UnknownInstance {}
 
+/// Frames looked up together by [`Datapath::process_burst`].
+pub const BURST: usize = 32;
+
+/// The key a packet's session is found by: its flow key at an uplink; at
+/// a VF, without the outer (segment) tag.
+fn lookup_key(role: PortRole, layers: &Layers) -> Option<FlowKey> {
+    let key = layers.key()?;
+    Some(match role {
+        PortRole::Uplink(_) => *key,
+        PortRole::Vf => key.with_vlans(key.vlans().without_outer()),
+    })
+}
+
+/// What a burst already knows of a packet's session lookup.
+#[derive(Clone, Copy, Debug)]
+struct Hint {
+    normal: FlowKey,
+    dir: FlowDirection,
+    hash: u64,
+    hit: Option<SessionId>,
+}
+
 /// What a session lookup found.
 enum Found {
     Session(SessionId, FlowDirection),
@@ -248,8 +272,8 @@ impl Fragments {
     }
 
     fn slot(src: IpAddr, dst: IpAddr, proto: u8, ident: u32) -> usize {
-        let a = FlowKey::new(src, dst, chaingate_shared::IpProtocol::from(proto), 0, 0)
-            .map_or(0, |k| k.symmetric_hash());
+        let a =
+            FlowKey::new(src, dst, IpProtocol::from(proto), 0, 0).map_or(0, |k| k.symmetric_hash());
         // Below FRAGMENT_SLOTS: fits usize.
         #[allow(clippy::cast_possible_truncation)]
         let slot = ((a ^ u64::from(ident).wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -295,6 +319,8 @@ pub struct Datapath {
     event_capacity: usize,
     counters: Counters,
     parsed: ParsedFrame,
+    burst: Vec<ParsedFrame>,
+    hint: Option<Hint>,
     fragments: Fragments,
 }
 
@@ -319,6 +345,8 @@ impl Datapath {
             event_capacity: options.events.max(1),
             counters: Counters::default(),
             parsed: ParsedFrame::EMPTY,
+            burst: alloc::vec![ParsedFrame::EMPTY; BURST],
+            hint: None,
             fragments: Fragments::new(),
         }
     }
@@ -393,11 +421,96 @@ impl Datapath {
             return self.drop(DropReason::Malformed);
         }
         let layers = *self.parsed.outer();
-        let verdict = match role {
-            PortRole::Uplink(uplink) => {
-                self.enter_at_uplink(uplink, in_port, &layers, frame.len(), now)
+        self.decide(in_port, role, &layers, frame.len(), now)
+    }
+
+    /// [`Self::process`] for a burst of frames that entered at `in_port`
+    /// (what a receive burst hands over): the session lookups of the whole
+    /// burst are made together, so that their memory accesses overlap
+    /// instead of waiting for each other. `out[i]` is the verdict of
+    /// `frames[i]`; the verdicts are the ones `process` would give, in order.
+    pub fn process_burst(
+        &mut self,
+        in_port: PortId,
+        frames: &[&[u8]],
+        now: Nanos,
+        out: &mut [Verdict],
+    ) {
+        let Some(role) = self.config.port(in_port).map(|p| p.role()) else {
+            for o in out.iter_mut().take(frames.len()) {
+                *o = self.drop(DropReason::UnknownPort);
             }
-            PortRole::Vf => self.back_from_instance(in_port, &layers, frame.len(), now),
+            return;
+        };
+        let unused = FlowKey::v4(
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            IpProtocol::Unknown(255),
+            0,
+            0,
+        );
+        for (frames, out) in frames.chunks(BURST).zip(out.chunks_mut(BURST)) {
+            let mut lookups = [(unused, 0u64); BURST];
+            let mut dirs = [FlowDirection::Forward; BURST];
+            let mut parsed = [false; BURST];
+            for (i, frame) in frames.iter().enumerate() {
+                let (Some(slot), Some(ok), Some(lookup), Some(dir)) = (
+                    self.burst.get_mut(i),
+                    parsed.get_mut(i),
+                    lookups.get_mut(i),
+                    dirs.get_mut(i),
+                ) else {
+                    continue;
+                };
+                *ok = parse_into(frame, slot).is_ok();
+                if let Some(key) = lookup_key(role, slot.outer()).filter(|_| *ok) {
+                    let (normal, d, hash) = key.normalised_with_hash();
+                    *lookup = (normal, hash);
+                    *dir = d;
+                }
+            }
+            let n = frames.len().min(BURST);
+            let mut found = [None; BURST];
+            if let (Some(l), Some(f)) = (lookups.get(..n), found.get_mut(..n)) {
+                self.sessions.find_burst(l, f);
+            }
+            for (i, (frame, o)) in frames.iter().zip(out.iter_mut()).enumerate() {
+                let (Some(&ok), Some(layers), Some(&(normal, hash)), Some(&hit), Some(&dir)) = (
+                    parsed.get(i),
+                    self.burst.get(i).map(|p| *p.outer()),
+                    lookups.get(i),
+                    found.get(i),
+                    dirs.get(i),
+                ) else {
+                    continue;
+                };
+                if !ok {
+                    *o = self.drop(DropReason::Malformed);
+                    continue;
+                }
+                self.hint = Some(Hint {
+                    normal,
+                    dir,
+                    hash,
+                    hit,
+                });
+                *o = self.decide(in_port, role, &layers, frame.len(), now);
+                self.hint = None;
+            }
+        }
+    }
+
+    fn decide(
+        &mut self,
+        in_port: PortId,
+        role: PortRole,
+        layers: &Layers,
+        len: usize,
+        now: Nanos,
+    ) -> Verdict {
+        let verdict = match role {
+            PortRole::Uplink(uplink) => self.enter_at_uplink(uplink, in_port, layers, len, now),
+            PortRole::Vf => self.back_from_instance(in_port, layers, len, now),
         };
         match verdict {
             Verdict::Forward { .. } => self.counters.forwarded += 1,
@@ -451,8 +564,24 @@ impl Datapath {
     /// ports) through its first fragment, with the direction of the packet
     /// relative to the session's normalised key.
     fn find_session(&self, layers: &Layers, key: &FlowKey) -> Found {
-        let (normal, dir, hash) = key.normalised_with_hash();
-        if let Some(id) = self.sessions.find(&normal, hash) {
+        // A burst normalised, hashed and looked the key up already (the
+        // same key: see `lookup_key`). A hit that is still live stands;
+        // anything else is looked up again, since a session may have been
+        // opened or evicted by an earlier packet of the burst.
+        let (normal, dir, hash, hit) = match self.hint {
+            Some(h) => (
+                h.normal,
+                h.dir,
+                h.hash,
+                h.hit.filter(|id| self.sessions.get(*id).is_some()),
+            ),
+            None => {
+                let (normal, dir, hash) = key.normalised_with_hash();
+                (normal, dir, hash, None)
+            }
+        };
+        let found = hit.or_else(|| self.sessions.find(&normal, hash));
+        if let Some(id) = found {
             return Found::Session(id, dir);
         }
         let fragment_session = layers
@@ -567,7 +696,9 @@ impl Datapath {
         if hop_service.is_none() || hop_service != own_service {
             return self.drop(DropReason::WrongInstance);
         }
-        let key = key.with_vlans(key.vlans().without_outer());
+        let Some(key) = lookup_key(PortRole::Vf, layers) else {
+            return Verdict::ToHost;
+        };
         let (id, dir) = match self.find_session(layers, &key) {
             Found::Session(id, dir)
                 if self.sessions.get(id).map(Session::action)

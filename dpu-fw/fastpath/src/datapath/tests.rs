@@ -895,3 +895,45 @@ fn the_packet_path_allocates_nothing() {
         "allocations on the packet path"
     );
 }
+
+#[test]
+fn bursts_decide_exactly_as_single_packets() {
+    // The same frames through two data paths, one packet at a time and in
+    // bursts: repeated flows within a burst (the second must find the
+    // session the first opened), resets, evictions from a small table,
+    // and frames that do not parse.
+    let options = Options {
+        sessions: 48,
+        admission: Admission::EvictOldestIdle,
+        ..Options::default()
+    };
+    let mut one = Net::new(three_hop(3), &options);
+    let mut many = Net::new(three_hop(3), &options);
+    let lan = one.rig_lan;
+    let mut frames = Vec::new();
+    for i in 0..400u32 {
+        let flags = match i % 7 {
+            0 => TcpFlags::RST,
+            1 | 2 => TcpFlags::SYN,
+            _ => TcpFlags::ACK,
+        };
+        let flow = (i * 37) % 61;
+        frames.push(tcp_frame((client(flow), 1000), (SERVER, 80), flags, b""));
+        if i % 50 == 0 {
+            frames.push(vec![0u8; 20]);
+        }
+    }
+    let singles: Vec<Verdict> = frames
+        .iter()
+        .map(|f| one.dp.process(lan, f, one.now))
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut bursts = vec![Verdict::ToHost; refs.len()];
+    for (chunk, out) in refs.chunks(20).zip(bursts.chunks_mut(20)) {
+        many.dp.process_burst(lan, chunk, many.now, out);
+    }
+    assert_eq!(singles, bursts);
+    assert_eq!(one.dp.counters(), many.dp.counters());
+    assert_eq!(one.dp.sessions().len(), many.dp.sessions().len());
+    assert_eq!(one.events(), many.events());
+}
