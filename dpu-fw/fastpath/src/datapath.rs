@@ -193,6 +193,11 @@ pub struct Options {
     pub events: usize,
     /// Session slots visited for expiry per tick.
     pub expire_budget: usize,
+    /// Packets a session must have in software before its hardware rules
+    /// are asked for (1: at the first packet). More keeps short flows (a
+    /// DNS query, a scan) from using rules, and keeps the rate of rule
+    /// installation below the rate of new sessions.
+    pub offload_after: u16,
 }
 
 impl Default for Options {
@@ -204,6 +209,7 @@ impl Default for Options {
             meter_tau: Nanos::SECOND,
             events: 1 << 14,
             expire_budget: 4096,
+            offload_after: 1,
         }
     }
 }
@@ -315,6 +321,7 @@ pub struct Datapath {
     sessions: SessionTable,
     timeouts: Timeouts,
     expire_budget: usize,
+    offload_after: u16,
     events: VecDeque<Event>,
     event_capacity: usize,
     counters: Counters,
@@ -341,6 +348,7 @@ impl Datapath {
             sessions: SessionTable::new(options.sessions, options.admission),
             timeouts: options.timeouts,
             expire_budget: options.expire_budget,
+            offload_after: options.offload_after.max(1),
             events: VecDeque::with_capacity(options.events),
             event_capacity: options.events.max(1),
             counters: Counters::default(),
@@ -668,7 +676,6 @@ impl Datapath {
         if let Some(old) = evicted {
             self.emit(Event::Remove(old));
         }
-        self.emit(Event::Install(id));
         Ok(id)
     }
 
@@ -773,8 +780,14 @@ impl Datapath {
         };
         let from_opener = session.from_opener(dir);
         let was_reset = session.conn() == ConnState::Reset;
-        session.touch(now, layers.tcp_flags(), from_opener);
+        let before = session.packets();
+        session.touch(now, layers.tcp_flags(), from_opener, after.is_none());
         let session = *session;
+        // Rules are asked for once the session has proved itself: after
+        // `offload_after` packets in software (one: at its first packet).
+        if session.packets() == self.offload_after && before != session.packets() {
+            self.emit(Event::Install(id));
+        }
         // A reset session lives on for its short timeout: the RST still
         // has hops to walk, and stray packets must not open a new session.
         if !was_reset && session.conn() == ConnState::Reset {
@@ -866,10 +879,12 @@ impl Datapath {
     }
 
     /// A session's hardware rules counted packets up to `now`: it is not
-    /// idle.
-    pub fn mark_active(&mut self, id: SessionId, now: Nanos) {
+    /// idle. `answered` when the responder's rules counted some: the
+    /// connection is established even though the fast path never saw the
+    /// answer.
+    pub fn mark_active(&mut self, id: SessionId, now: Nanos, answered: bool) {
         if let Some(s) = self.sessions.get_mut(id) {
-            s.touch_counters(now);
+            s.touch_counters(now, answered);
         }
     }
 

@@ -686,7 +686,7 @@ fn hardware_counters_keep_a_session_alive() {
     let start = net.now;
     for minute in 1..10 {
         net.dp
-            .mark_active(id, start + Nanos::from_secs(minute * 60));
+            .mark_active(id, start + Nanos::from_secs(minute * 60), true);
         net.dp.tick(start + Nanos::from_secs(minute * 60 + 1));
     }
     assert!(

@@ -76,6 +76,8 @@ pub struct Session {
     opener: FlowDirection,
     tcp: Tcp,
     continuation: Option<(u8, Travel)>,
+    /// Packets the fast path handled (saturating).
+    packets: u16,
     created_s: u32,
     last_seen: Nanos,
 }
@@ -94,6 +96,7 @@ impl Session {
             opener,
             tcp: Tcp::new(key.proto()),
             continuation: None,
+            packets: 0,
             created_s: u32::try_from(now.0 / 1_000_000_000).unwrap_or(u32::MAX),
             last_seen: now,
         }
@@ -187,15 +190,38 @@ impl Session {
         self.last_seen
     }
 
-    /// Records a packet at `now`, with its TCP flags and side.
-    pub fn touch(&mut self, now: Nanos, tcp_flags: crate::wire::tcp::TcpFlags, from_opener: bool) {
+    /// Records a packet at `now`, with its TCP flags and side. `entering`
+    /// says that it entered the gateway now (not that it came back from a
+    /// hop): only those count as packets.
+    pub fn touch(
+        &mut self,
+        now: Nanos,
+        tcp_flags: crate::wire::tcp::TcpFlags,
+        from_opener: bool,
+        entering: bool,
+    ) {
         self.last_seen = now;
+        if entering || self.packets == 0 {
+            self.packets = self.packets.saturating_add(1);
+        }
         self.tcp.on_packet(tcp_flags, from_opener);
     }
 
-    /// Records activity seen by hardware counters.
-    pub fn touch_counters(&mut self, now: Nanos) {
+    /// Packets that entered the gateway and reached the fast path (up to
+    /// 65,535; a continuation counts the one that opened it).
+    #[must_use]
+    pub const fn packets(&self) -> u16 {
+        self.packets
+    }
+
+    /// Records activity seen by hardware counters; `answered` when the
+    /// responder's rules counted packets (which, by the rules' match, had
+    /// no FIN or RST): a TCP connection still opening is then established.
+    pub fn touch_counters(&mut self, now: Nanos, answered: bool) {
         self.last_seen = self.last_seen.max(now);
+        if answered {
+            self.tcp.on_packet(crate::wire::tcp::TcpFlags::ACK, false);
+        }
     }
 
     /// True when idle past its timeout at `now`.

@@ -136,7 +136,7 @@ fn a_full_table_refuses_or_evicts_the_oldest_idle() {
         if i != 3 {
             t.get_mut(*id)
                 .unwrap()
-                .touch(Nanos::from_secs(100), TcpFlags(0), true);
+                .touch(Nanos::from_secs(100), TcpFlags(0), true, true);
         }
     }
     let mut evicted = None;
@@ -164,8 +164,8 @@ fn idle_sessions_expire_by_protocol_and_state_in_bounded_sweeps() {
     );
     let tcp = t.insert(2, session(&tcp_key, Nanos(0)), |_, _| {}).unwrap();
     let s = t.get_mut(tcp).unwrap();
-    s.touch(Nanos(0), TcpFlags::SYN, true);
-    s.touch(Nanos(0), TcpFlags::SYN | TcpFlags::ACK, false);
+    s.touch(Nanos(0), TcpFlags::SYN, true, true);
+    s.touch(Nanos(0), TcpFlags::SYN | TcpFlags::ACK, false, true);
     assert_eq!(s.conn(), ConnState::Established);
 
     let mut ended = Vec::new();
@@ -174,8 +174,8 @@ fn idle_sessions_expire_by_protocol_and_state_in_bounded_sweeps() {
     assert_eq!(ended, [udp]);
     // A FIN from each side: closing, 15 s.
     let s = t.get_mut(tcp).unwrap();
-    s.touch(Nanos::from_secs(70), TcpFlags::FIN, true);
-    s.touch(Nanos::from_secs(70), TcpFlags::FIN, false);
+    s.touch(Nanos::from_secs(70), TcpFlags::FIN, true, true);
+    s.touch(Nanos::from_secs(70), TcpFlags::FIN, false, true);
     t.expire(Nanos::from_secs(80), &timeouts, 16, |id, _| ended.push(id));
     assert_eq!(ended.len(), 1);
     // A small budget visits a few slots per call; the sweep goes round.

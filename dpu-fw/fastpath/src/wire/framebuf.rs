@@ -178,6 +178,31 @@ impl<'a> FrameBuf<'a> {
         self.write(MACS + 2, &tci.with_vid(vid).0.to_be_bytes())
     }
 
+    /// Grows the frame by `len` bytes at the front (into the headroom)
+    /// and returns them, for the caller to fill (outer headers).
+    ///
+    /// # Errors
+    /// [`FrameBufError::NoRoom`] without `len` bytes of headroom.
+    pub fn push_front(&mut self, len: usize) -> Result<&mut [u8], FrameBufError> {
+        self.start = self.start.checked_sub(len).ok_or(FrameBufError::NoRoom)?;
+        self.len += len;
+        let range = self.start..self.start + len;
+        self.buf.get_mut(range).ok_or(FrameBufError::OutOfBounds)
+    }
+
+    /// Removes `len` bytes from the front (outer headers).
+    ///
+    /// # Errors
+    /// [`FrameBufError::TooShort`] when the frame is shorter.
+    pub fn pull_front(&mut self, len: usize) -> Result<(), FrameBufError> {
+        if len > self.len {
+            return Err(FrameBufError::TooShort);
+        }
+        self.start += len;
+        self.len -= len;
+        Ok(())
+    }
+
     fn write(&mut self, at: usize, bytes: &[u8]) -> Result<(), FrameBufError> {
         self.frame_mut()
             .get_mut(at..at + bytes.len())
@@ -253,6 +278,20 @@ mod tests {
             Err(FrameBufError::NotTagged)
         );
         assert_eq!(fb.pop_vlan(), Err(FrameBufError::NotTagged));
+    }
+
+    #[test]
+    fn outer_headers_go_on_and_come_off_at_the_front() {
+        let mut buf = [0u8; 30];
+        buf[8..26].copy_from_slice(&UNTAGGED);
+        let mut fb = FrameBuf::new(&mut buf, 8, 18).unwrap();
+        fb.push_front(8).unwrap().copy_from_slice(&[7; 8]);
+        assert_eq!(&fb.frame()[..8], &[7; 8]);
+        assert_eq!(&fb.frame()[8..], &UNTAGGED);
+        assert_eq!(fb.push_front(1), Err(FrameBufError::NoRoom));
+        fb.pull_front(8).unwrap();
+        assert_eq!(fb.frame(), &UNTAGGED);
+        assert_eq!(fb.pull_front(19), Err(FrameBufError::TooShort));
     }
 
     #[test]
