@@ -14,7 +14,8 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use chaingate_fastpath::datapath::{Datapath, Options, Verdict};
-use chaingate_fastpath::wire::parse;
+use chaingate_fastpath::offload::{ManagerOptions, OffloadManager, Outcome, SoftSwitch};
+use chaingate_fastpath::wire::{FrameBuf, parse};
 use chaingate_shared::config::{PortRole, Uplink};
 use chaingate_shared::{Config, Generation, Nanos};
 
@@ -68,26 +69,56 @@ pub extern "C" fn chaingate_flow_hash(frame: &[u8; 128], len: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sets up a data path with two uplinks and no policies (everything
-/// bypasses) and runs a frame through it from lan: 1 when it is forwarded.
-#[unsafe(no_mangle)]
-pub extern "C" fn chaingate_bypass(frame: &[u8; 128], len: usize) -> u32 {
+/// A data path with two uplinks and no policies: everything bypasses.
+fn bypass_datapath() -> Option<(Datapath, chaingate_shared::PortId)> {
     let mut b = Config::builder(Generation(1));
     let (Ok(lan), Ok(_)) = (
         b.add_port("lan", PortRole::Uplink(Uplink::Lan)),
         b.add_port("wan", PortRole::Uplink(Uplink::Wan)),
     ) else {
-        return 0;
+        return None;
     };
-    let Ok(config) = b.build() else { return 0 };
+    let config = b.build().ok()?;
     let options = Options {
         sessions: 64,
         events: 64,
         ..Options::default()
     };
-    let mut dp = Datapath::new(config, &options);
+    Some((Datapath::new(config, &options), lan))
+}
+
+/// Runs a frame through a bypass data path from lan: 1 when it is
+/// forwarded.
+#[unsafe(no_mangle)]
+pub extern "C" fn chaingate_bypass(frame: &[u8; 128], len: usize) -> u32 {
+    let Some((mut dp, lan)) = bypass_datapath() else { return 0 };
     let Some(frame) = frame.get(..len) else { return 0 };
     u32::from(matches!(dp.process(lan, frame, Nanos(0)), Verdict::Forward { .. }))
+}
+
+/// Runs a frame through a bypass data path whose sessions are offloaded to
+/// the software eSwitch: the first copy goes through the fast path, which
+/// installs the session's rules; the second copy must then leave the
+/// eSwitch by itself. Returns the number of rules installed, or 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn chaingate_offload(frame: &[u8; 128], len: usize) -> u32 {
+    let Some((mut dp, lan)) = bypass_datapath() else { return 0 };
+    let mut mgr = OffloadManager::new(SoftSwitch::new(64), &dp, ManagerOptions::default());
+    let mut copy = *frame;
+    let Ok(mut buf) = FrameBuf::new(&mut copy, 0, len) else { return 0 };
+    if mgr.backend_mut().process(lan, &mut buf, Nanos(0)) != Outcome::ToSoftware(lan) {
+        return 0;
+    }
+    if !matches!(dp.process(lan, buf.frame(), Nanos(0)), Verdict::Forward { .. }) {
+        return 0;
+    }
+    mgr.handle_events(&mut dp);
+    let mut copy = *frame;
+    let Ok(mut buf) = FrameBuf::new(&mut copy, 0, len) else { return 0 };
+    match mgr.backend_mut().process(lan, &mut buf, Nanos(1)) {
+        Outcome::Out(_) => u32::try_from(mgr.stats().rules).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 #[panic_handler]

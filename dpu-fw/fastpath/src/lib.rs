@@ -32,6 +32,7 @@ pub mod balance;
 pub mod classify;
 pub mod datapath;
 pub mod meter;
+pub mod offload;
 pub mod session;
 pub mod wire;
 

@@ -1,0 +1,281 @@
+//! The offload layer's rates, each against a baseline from the same run:
+//! - rules generated and installed per second into the software eSwitch,
+//!   against the fast path's new-session setup rate (the goal: rule
+//!   installation does not limit session setup);
+//! - eSwitch lookups per second with 1,000,000 rules installed, against
+//!   the fast path handling the same established packets in software.
+//!
+//! `cargo bench -p chaingate-fastpath --bench offload`.
+
+#![allow(
+    missing_docs,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)]
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use chaingate_fastpath::datapath::{Datapath, Options, Verdict};
+use chaingate_fastpath::offload::generate::{base_rules, session_rules};
+use chaingate_fastpath::offload::manager::{ManagerOptions, OffloadManager};
+use chaingate_fastpath::offload::soft::{Outcome, SoftSwitch};
+use chaingate_fastpath::offload::{FlowOffload, Rule};
+use chaingate_fastpath::session::SessionId;
+use chaingate_fastpath::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
+use chaingate_fastpath::wire::tcp::{TcpFlags, TcpRepr};
+use chaingate_fastpath::wire::{EthernetAddress, FrameBuf};
+use chaingate_shared::config::{Attachment, FailMode, InstanceState, PortRole, Scaling, Uplink};
+use chaingate_shared::policy::{Match, Policy, PolicyAction};
+use chaingate_shared::{Config, Generation, Nanos, PortId};
+use criterion::{Criterion, Throughput};
+
+/// Sessions whose rules make a million (8 rules each: 3 hops, both ways).
+const SESSIONS: usize = 125_000;
+
+fn config() -> (Config, PortId) {
+    let mut b = Config::builder(Generation(1));
+    let lan = b.add_port("lan", PortRole::Uplink(Uplink::Lan)).unwrap();
+    b.add_port("wan", PortRole::Uplink(Uplink::Wan)).unwrap();
+    let scaling = Scaling {
+        min_instances: 1,
+        max_instances: 64,
+        ..Scaling::default()
+    };
+    let mut services = Vec::new();
+    for name in ["fw", "ids", "nat"] {
+        services.push(
+            b.add_service(name, 10_000_000_000, scaling, FailMode::Open)
+                .unwrap(),
+        );
+    }
+    for i in 0..30 {
+        let vf = b.add_port(&format!("vf{i}"), PortRole::Vf).unwrap();
+        b.add_instance(
+            &format!("i{i}"),
+            services[i % 3],
+            Attachment::Single(vf),
+            InstanceState::Active,
+            1,
+        )
+        .unwrap();
+    }
+    let chain = b.add_chain("main", &services).unwrap();
+    b.add_policy(Policy {
+        priority: 1,
+        matches: Match {
+            in_port: Some(lan),
+            ..Match::default()
+        },
+        action: PolicyAction::Chain(chain),
+    })
+    .unwrap();
+    (b.build().unwrap(), lan)
+}
+
+fn frame(i: usize, flags: TcpFlags) -> Vec<u8> {
+    let spec = FrameSpec {
+        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        vlans: &[],
+        net: NetSpec::Ip(
+            IpSpec::V4 {
+                src: Ipv4Addr::from_bits(0x0A00_0000 + (i as u32 >> 14)),
+                dst: Ipv4Addr::new(198, 51, 100, 7),
+                ttl: 64,
+                dscp: 0,
+                ident: 1,
+                frag: None,
+                options: &[],
+            },
+            L4Spec::Tcp(TcpRepr {
+                src_port: 1024 + (i as u16 & 0x3FFF),
+                dst_port: 443,
+                seq: 1,
+                ack: 0,
+                flags,
+                window: 1000,
+            }),
+        ),
+        payload: &[],
+    };
+    let mut buf = vec![0u8; spec.len()];
+    spec.build(&mut buf).unwrap();
+    buf
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let (config, lan) = config();
+    let options = Options {
+        sessions: 1 << 17,
+        events: 1 << 18,
+        ..Options::default()
+    };
+    let mut dp = Datapath::new(config.clone(), &options);
+    let syn: Vec<Vec<u8>> = (0..SESSIONS).map(|i| frame(i, TcpFlags::SYN)).collect();
+    let t = Instant::now();
+    for f in &syn {
+        assert!(matches!(
+            dp.process(lan, f, Nanos(1)),
+            Verdict::Forward { .. }
+        ));
+    }
+    let setup_ns = t.elapsed().as_nanos() as f64 / SESSIONS as f64;
+    while dp.next_event().is_some() {}
+    let ids: Vec<SessionId> = dp.sessions().ids().collect();
+
+    // Generation alone, then generation and installation.
+    let mut rules: Vec<Rule> = Vec::with_capacity(16);
+    let generate = |rules: &mut Vec<Rule>, id: SessionId| {
+        rules.clear();
+        session_rules(dp.config(), dp.session(id).unwrap(), |_| None, rules).unwrap();
+    };
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(1));
+    let mut n = 0;
+    g.bench_function("generate_session", |b| {
+        b.iter(|| {
+            n = (n + 1) % ids.len();
+            generate(&mut rules, ids[n]);
+            black_box(&rules);
+        });
+    });
+    g.finish();
+
+    let t = Instant::now();
+    let mut sw = SoftSwitch::new(SESSIONS * 8 + 1024);
+    for r in base_rules(dp.config()).unwrap() {
+        sw.create(&r).unwrap();
+    }
+    let mut installed = 0usize;
+    for id in &ids {
+        generate(&mut rules, *id);
+        for r in &rules {
+            black_box(sw.create(r).unwrap());
+            installed += 1;
+        }
+    }
+    let install_s = t.elapsed().as_secs_f64();
+    let rules_per_s = installed as f64 / install_s;
+    let sessions_per_s = ids.len() as f64 / install_s;
+
+    // Lookups with a million rules: established packets from lan.
+    let acks: Vec<Vec<u8>> = (0..SESSIONS).map(|i| frame(i, TcpFlags::ACK)).collect();
+    let mut buf = vec![0u8; 256];
+    let mut pos = 0;
+    let mut g = c.benchmark_group("eswitch_1m_rules");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("lookup", |b| {
+        b.iter(|| {
+            pos = (pos + 7919) % acks.len();
+            let f = &acks[pos];
+            buf[64..64 + f.len()].copy_from_slice(f);
+            let mut fb = FrameBuf::new(&mut buf, 64, f.len()).unwrap();
+            black_box(sw.process(lan, &mut fb, Nanos(2)))
+        });
+    });
+    g.finish();
+    c.final_summary();
+
+    if std::env::args().any(|a| a == "--profile-time") {
+        return;
+    }
+    // Session setup with the manager in the loop, one burst of 32 new
+    // sessions at a time: rules at the first packet (every session), or
+    // after the second (one-packet flows never get rules). The manager
+    // installs at most `install_budget` rules per burst; the rest waits.
+    let paced = |offload_after: u16, install_budget: usize| {
+        let options = Options {
+            sessions: 1 << 17,
+            events: 1 << 18,
+            offload_after,
+            ..Options::default()
+        };
+        let mut dp = Datapath::new(config.clone(), &options);
+        let manager = ManagerOptions {
+            install_budget,
+            max_pending: 1 << 17,
+            ..ManagerOptions::default()
+        };
+        let mut mgr = OffloadManager::new(SoftSwitch::new(SESSIONS * 8 + 1024), &dp, manager);
+        let refs: Vec<&[u8]> = syn.iter().map(Vec::as_slice).collect();
+        let mut out = [Verdict::ToHost; 32];
+        let t = Instant::now();
+        for chunk in refs.chunks(32) {
+            dp.process_burst(lan, chunk, Nanos(1), &mut out[..chunk.len()]);
+            mgr.handle_events(&mut dp);
+        }
+        let per_s = SESSIONS as f64 / t.elapsed().as_secs_f64();
+        (per_s, mgr.stats().sessions_offloaded, mgr.pending())
+    };
+    let alone = {
+        let options = Options {
+            sessions: 1 << 17,
+            events: 1 << 18,
+            ..Options::default()
+        };
+        let mut dp = Datapath::new(config.clone(), &options);
+        let refs: Vec<&[u8]> = syn.iter().map(Vec::as_slice).collect();
+        let mut out = [Verdict::ToHost; 32];
+        let t = Instant::now();
+        for chunk in refs.chunks(32) {
+            dp.process_burst(lan, chunk, Nanos(1), &mut out[..chunk.len()]);
+            while dp.next_event().is_some() {}
+        }
+        SESSIONS as f64 / t.elapsed().as_secs_f64()
+    };
+    let (every, every_offloaded, _) = paced(1, 1 << 12);
+    let (budget, budget_offloaded, budget_pending) = paced(1, 64);
+    let (later, later_offloaded, _) = paced(2, 1 << 12);
+    let rounds = 2;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for f in &acks {
+            buf[64..64 + f.len()].copy_from_slice(f);
+            let mut fb = FrameBuf::new(&mut buf, 64, f.len()).unwrap();
+            assert!(matches!(
+                sw.process(lan, &mut fb, Nanos(2)),
+                Outcome::Out(_)
+            ));
+        }
+    }
+    let lookup_ns = t.elapsed().as_nanos() as f64 / (rounds * acks.len()) as f64;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for f in &acks {
+            black_box(dp.process(lan, f, Nanos(2)));
+        }
+    }
+    let software_ns = t.elapsed().as_nanos() as f64 / (rounds * acks.len()) as f64;
+    println!();
+    println!(
+        "rules generated and installed into the software eSwitch: {:.2} M rules/s = {:.2} M sessions/s \
+         ({} rules per session); the fast path set sessions up at {:.2} M/s in the same run: installation is {:.1}x that",
+        rules_per_s / 1e6,
+        sessions_per_s / 1e6,
+        installed / ids.len(),
+        1e3 / setup_ns,
+        sessions_per_s / (1e9 / setup_ns)
+    );
+    println!(
+        "session setup in bursts of 32, fast path alone: {:.2} M/s; with every session offloaded at its first packet: \
+         {:.2} M/s ({every_offloaded} offloaded, {:.2}x); installing at most 64 rules per burst: {:.2} M/s \
+         ({budget_offloaded} offloaded, {budget_pending} waiting, {:.2}x); rules after the second packet (these \
+         one-packet flows get none): {:.2} M/s ({later_offloaded} offloaded, {:.2}x)",
+        alone / 1e6,
+        every / 1e6,
+        every / alone,
+        budget / 1e6,
+        budget / alone,
+        later / 1e6,
+        later / alone
+    );
+    println!(
+        "eSwitch lookup with {} rules: {lookup_ns:.0} ns = {:.2} M lookups/s; the fast path on the same packets {software_ns:.0} ns ({:.2}x)",
+        sw.len(),
+        1e3 / lookup_ns,
+        software_ns / lookup_ns
+    );
+}

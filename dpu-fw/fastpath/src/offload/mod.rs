@@ -1,0 +1,225 @@
+//! Hardware flow rules: the rule language ([`rule`]), the generator that
+//! turns a session's path into rules ([`generate`]), the [`FlowOffload`]
+//! trait every backend implements, the offload manager that keeps a
+//! backend's rules in step with the fast path's sessions ([`manager`]), the
+//! software eSwitch that executes rules over frames ([`soft`]), and a
+//! backend that refuses everything ([`refuse`]).
+//!
+//! A refused rule never costs a packet: the session stays on the software
+//! path, where the fast path forwards it, and the refusal is counted by
+//! reason.
+
+pub mod generate;
+pub mod manager;
+pub mod refuse;
+pub mod rule;
+pub mod soft;
+
+use core::fmt;
+
+pub use manager::{ManagerOptions, ManagerStats, OffloadManager};
+pub use refuse::Refusing;
+pub use rule::{Action, Attr, CounterId, EncapId, Item, MeterId, Rule, Spec, VxlanTunnel};
+pub use soft::{Outcome, SoftSwitch, SwitchDrop, SwitchStats};
+
+/// A backend's handle of an installed rule.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RuleHandle(pub u64);
+
+/// Packets and bytes a rule or counter has seen.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Counts {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Counts {
+    /// What was added since `earlier` (a counter that went back, as after
+    /// a reset, counts from zero).
+    #[must_use]
+    pub const fn since(self, earlier: Self) -> Self {
+        if self.packets < earlier.packets || self.bytes < earlier.bytes {
+            self
+        } else {
+            Self {
+                packets: self.packets - earlier.packets,
+                bytes: self.bytes - earlier.bytes,
+            }
+        }
+    }
+}
+
+/// Why a backend did not do what it was asked; the refusal reasons of
+/// DPDK's rte_flow, by errno.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum OffloadError {
+    /// No room for another rule or object (ENOSPC, ENOMEM).
+    Full,
+    /// An item, action or combination the backend cannot do (ENOTSUP).
+    Unsupported(&'static str),
+    /// The port has no flow rule support at all (ENOSYS).
+    NoSys,
+    /// An equal rule is installed already (EEXIST).
+    Exists,
+    /// The rule is malformed (EINVAL).
+    Invalid(&'static str),
+    /// No rule or object with this handle.
+    UnknownHandle,
+    /// Any other errno.
+    Other(i32),
+}
+
+impl OffloadError {
+    /// The counter this refusal counts under.
+    #[must_use]
+    pub const fn refusal(&self) -> Refusal {
+        match self {
+            Self::Full => Refusal::Full,
+            Self::Unsupported(_) => Refusal::Unsupported,
+            Self::NoSys => Refusal::NoSys,
+            Self::Exists => Refusal::Exists,
+            Self::Invalid(_) => Refusal::Invalid,
+            Self::UnknownHandle | Self::Other(_) => Refusal::Other,
+        }
+    }
+}
+
+impl fmt::Display for OffloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("rule table full"),
+            Self::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Self::NoSys => f.write_str("no flow rule support on this port"),
+            Self::Exists => f.write_str("an equal rule exists"),
+            Self::Invalid(what) => write!(f, "invalid rule: {what}"),
+            Self::UnknownHandle => f.write_str("no such rule or object"),
+            Self::Other(errno) => write!(f, "error {errno}"),
+        }
+    }
+}
+
+impl core::error::Error for OffloadError {}
+
+/// What a refusal is counted as.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u8)]
+pub enum Refusal {
+    /// The backend's table is full.
+    Full,
+    /// The backend cannot express the rule.
+    Unsupported,
+    /// The backend has no rules at all.
+    NoSys,
+    /// The rule exists.
+    Exists,
+    /// The backend found the rule malformed.
+    Invalid,
+    /// The manager's own rule budget is spent.
+    Budget,
+    /// Anything else.
+    Other,
+}
+
+impl Refusal {
+    /// Every reason, in counter order.
+    pub const ALL: [Self; 7] = [
+        Self::Full,
+        Self::Unsupported,
+        Self::NoSys,
+        Self::Exists,
+        Self::Invalid,
+        Self::Budget,
+        Self::Other,
+    ];
+
+    /// A short name for counters and logs.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Unsupported => "unsupported",
+            Self::NoSys => "nosys",
+            Self::Exists => "exists",
+            Self::Invalid => "invalid",
+            Self::Budget => "budget",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A flow-rule backend: the NIC through DPDK's rte_flow, the software
+/// eSwitch, or one that refuses.
+///
+/// Creation is by batch so that a backend with an asynchronous or bulk
+/// interface (rte_flow's template API) can use it; `create` is a batch of
+/// one.
+pub trait FlowOffload {
+    /// Checks a rule without installing it.
+    ///
+    /// # Errors
+    /// Why the backend would refuse it.
+    fn validate(&mut self, rule: &Rule) -> Result<(), OffloadError>;
+
+    /// Installs a rule.
+    ///
+    /// # Errors
+    /// Why the backend refused it.
+    fn create(&mut self, rule: &Rule) -> Result<RuleHandle, OffloadError>;
+
+    /// Installs rules; `out` gets one result per rule, in order.
+    fn create_batch(
+        &mut self,
+        rules: &[Rule],
+        out: &mut alloc::vec::Vec<Result<RuleHandle, OffloadError>>,
+    ) {
+        out.clear();
+        for rule in rules {
+            out.push(self.create(rule));
+        }
+    }
+
+    /// Removes a rule.
+    ///
+    /// # Errors
+    /// [`OffloadError::UnknownHandle`] for a rule not installed.
+    fn destroy(&mut self, rule: RuleHandle) -> Result<(), OffloadError>;
+
+    /// A rule's counter (the rule needs a [`Action::Count`]).
+    ///
+    /// # Errors
+    /// An unknown rule, or one without a counter.
+    fn query(&mut self, rule: RuleHandle) -> Result<Counts, OffloadError>;
+
+    /// Creates a shared counter for [`Action::SharedCount`].
+    ///
+    /// # Errors
+    /// No room, or no support.
+    fn create_counter(&mut self) -> Result<CounterId, OffloadError>;
+
+    /// A shared counter's value.
+    ///
+    /// # Errors
+    /// An unknown counter.
+    fn query_counter(&mut self, counter: CounterId) -> Result<Counts, OffloadError>;
+
+    /// Removes a shared counter.
+    ///
+    /// # Errors
+    /// An unknown counter.
+    fn destroy_counter(&mut self, counter: CounterId) -> Result<(), OffloadError>;
+
+    /// Defines the outer headers of a VXLAN encapsulation, for
+    /// [`Action::VxlanEncap`].
+    ///
+    /// # Errors
+    /// No room, or no support.
+    fn create_encap(&mut self, tunnel: &VxlanTunnel) -> Result<EncapId, OffloadError>;
+
+    /// How many rules the backend holds at most, if it knows.
+    fn capacity(&self) -> Option<usize>;
+}
+
+#[cfg(test)]
+mod tests;

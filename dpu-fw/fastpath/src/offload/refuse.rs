@@ -1,0 +1,71 @@
+//! A backend that refuses every rule, as a port without flow support does:
+//! what proves, in tests, that nothing depends on rules being installed.
+
+use alloc::vec::Vec;
+
+use super::{CounterId, Counts, EncapId, FlowOffload, OffloadError, Rule, RuleHandle, VxlanTunnel};
+
+/// Refuses everything with one error (by default: table full).
+#[derive(Clone, Copy, Debug)]
+pub struct Refusing {
+    error: OffloadError,
+}
+
+impl Default for Refusing {
+    fn default() -> Self {
+        Self {
+            error: OffloadError::Full,
+        }
+    }
+}
+
+impl Refusing {
+    /// Refuses with `error`.
+    #[must_use]
+    pub const fn with(error: OffloadError) -> Self {
+        Self { error }
+    }
+}
+
+impl FlowOffload for Refusing {
+    fn validate(&mut self, _: &Rule) -> Result<(), OffloadError> {
+        Err(self.error)
+    }
+
+    fn create(&mut self, _: &Rule) -> Result<RuleHandle, OffloadError> {
+        Err(self.error)
+    }
+
+    fn create_batch(&mut self, rules: &[Rule], out: &mut Vec<Result<RuleHandle, OffloadError>>) {
+        out.clear();
+        out.extend(rules.iter().map(|_| Err(self.error)));
+    }
+
+    fn destroy(&mut self, _: RuleHandle) -> Result<(), OffloadError> {
+        Err(OffloadError::UnknownHandle)
+    }
+
+    fn query(&mut self, _: RuleHandle) -> Result<Counts, OffloadError> {
+        Err(OffloadError::UnknownHandle)
+    }
+
+    fn create_counter(&mut self) -> Result<CounterId, OffloadError> {
+        Err(self.error)
+    }
+
+    fn query_counter(&mut self, _: CounterId) -> Result<Counts, OffloadError> {
+        Err(OffloadError::UnknownHandle)
+    }
+
+    fn destroy_counter(&mut self, _: CounterId) -> Result<(), OffloadError> {
+        Err(OffloadError::UnknownHandle)
+    }
+
+    fn create_encap(&mut self, _: &VxlanTunnel) -> Result<EncapId, OffloadError> {
+        Err(self.error)
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        Some(0)
+    }
+}
