@@ -41,7 +41,7 @@ use crate::meter::Meters;
 use crate::session::{
     Admission, ConnState, DropCause, Session, SessionAction, SessionId, SessionTable, Timeouts,
 };
-use crate::wire::{Layers, ParsedFrame, parse_into};
+use crate::wire::{EtherType, FrameBuf, FrameBufError, Layers, ParsedFrame, Tci, parse_into};
 
 /// What the VLAN tag of a forwarded packet needs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -54,6 +54,22 @@ pub enum VlanAction {
     Set(VlanId),
     /// Remove the outer tag (leaving a chain).
     Pop,
+}
+
+impl VlanAction {
+    /// Applies the change to a frame: a pushed tag is 802.1Q with
+    /// priority 0, outside any customer tags.
+    ///
+    /// # Errors
+    /// No room for a tag, or no tag to rewrite or remove.
+    pub fn apply(self, frame: &mut FrameBuf<'_>) -> Result<(), FrameBufError> {
+        match self {
+            Self::Keep => Ok(()),
+            Self::Push(vid) => frame.push_vlan(EtherType::Vlan, Tci::new(0, false, vid)),
+            Self::Set(vid) => frame.set_outer_vid(vid),
+            Self::Pop => frame.pop_vlan().map(|_| ()),
+        }
+    }
 }
 
 /// Why a packet was dropped.

@@ -21,7 +21,7 @@ use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
 use crate::wire::icmpv4::{Icmpv4Repr, Icmpv4Type};
 use crate::wire::rewrite::{self, End};
 use crate::wire::tcp::{TcpFlags, TcpRepr};
-use crate::wire::{EtherType, EthernetAddress, FrameBuf, Tci, parse};
+use crate::wire::{EtherType, EthernetAddress, FrameBuf, parse};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -70,16 +70,7 @@ fn apply_vlan(frame: &[u8], action: VlanAction) -> Vec<u8> {
     let mut buf = vec![0u8; frame.len() + 8];
     buf[4..4 + frame.len()].copy_from_slice(frame);
     let mut fb = FrameBuf::new(&mut buf, 4, frame.len()).unwrap();
-    match action {
-        VlanAction::Keep => {}
-        VlanAction::Push(vid) => fb
-            .push_vlan(EtherType::Vlan, Tci::new(0, false, vid))
-            .unwrap(),
-        VlanAction::Set(vid) => fb.set_outer_vid(vid).unwrap(),
-        VlanAction::Pop => {
-            fb.pop_vlan().unwrap();
-        }
-    }
+    action.apply(&mut fb).unwrap();
     fb.frame().to_vec()
 }
 

@@ -69,7 +69,8 @@ impl Default for ManagerOptions {
 /// What the manager has done.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ManagerStats {
-    /// Rules installed now.
+    /// Session rules installed now (the base rules, a jump and a miss per
+    /// port, are not counted; nor are they in the budget).
     pub rules: usize,
     /// Sessions whose rules are installed now.
     pub sessions_offloaded: usize,

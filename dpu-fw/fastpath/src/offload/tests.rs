@@ -22,7 +22,7 @@ use crate::testing::{Rig, Svc, rig};
 use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
 use crate::wire::rewrite::{self, End};
 use crate::wire::tcp::{TcpFlags, TcpRepr};
-use crate::wire::{EtherType, EthernetAddress, FrameBuf, Tci, parse};
+use crate::wire::{EthernetAddress, FrameBuf, parse};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -289,16 +289,7 @@ impl Node<Refusing> {
 }
 
 fn apply(fb: &mut FrameBuf<'_>, vlan: VlanAction) {
-    match vlan {
-        VlanAction::Keep => {}
-        VlanAction::Push(vid) => fb
-            .push_vlan(EtherType::Vlan, Tci::new(0, false, vid))
-            .unwrap(),
-        VlanAction::Set(vid) => fb.set_outer_vid(vid).unwrap(),
-        VlanAction::Pop => {
-            fb.pop_vlan().unwrap();
-        }
-    }
+    vlan.apply(fb).unwrap();
 }
 
 fn three_hop(n: usize) -> Rig {

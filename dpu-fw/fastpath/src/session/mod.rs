@@ -606,9 +606,24 @@ impl SessionTable {
 
     /// Every live session.
     pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Session)> {
+        self.iter_slots(0..self.slots.len())
+    }
+
+    /// The live sessions in a range of slots (for walks done a part at a
+    /// time: listing a page, counting in steps). Slots past the capacity
+    /// are not there.
+    pub fn iter_slots(
+        &self,
+        slots: core::ops::Range<usize>,
+    ) -> impl Iterator<Item = (SessionId, &Session)> {
+        let end = slots.end.min(self.slots.len());
+        let start = slots.start.min(end);
         self.slots
+            .get(start..end)
+            .unwrap_or(&[])
             .iter()
             .enumerate()
+            .map(move |(n, s)| (n + start, s))
             .filter(|(_, s)| s.generation & 1 == 1)
             .map(|(n, s)| {
                 (

@@ -199,3 +199,23 @@ fn memory_per_session_stays_under_128_bytes() {
     );
     assert!(bytes <= 128, "{bytes}");
 }
+
+#[test]
+fn slot_ranges_walk_the_table_in_parts() {
+    let mut t = SessionTable::new(64, Admission::Refuse);
+    let ids: Vec<SessionId> = (0..40)
+        .map(|i| add(&mut t, &key(i), u64::from(i) * 0x9E37_79B9, Nanos(0)).unwrap())
+        .collect();
+    t.remove(ids[3]).unwrap();
+    let whole: Vec<SessionId> = t.ids().collect();
+    assert_eq!(whole.len(), 39);
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < t.capacity() {
+        parts.extend(t.iter_slots(at..at + 7).map(|(id, _)| id));
+        at += 7;
+    }
+    assert_eq!(parts, whole, "parts in order make the whole");
+    assert_eq!(t.iter_slots(t.capacity()..usize::MAX).count(), 0);
+    assert_eq!(t.iter_slots(10..5).count(), 0, "an empty range");
+}
