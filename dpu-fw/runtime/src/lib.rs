@@ -1,10 +1,27 @@
 //! The chaingate DPU runtime: the std host of the fast path on the DPU's
 //! Arm cores (Linux), and the operator tools that come with it.
 //!
+//! - [`config`]: the runtime's own configuration file (ports, sizes,
+//!   control address).
+//! - [`io`]: packet I/O behind [`io::PacketIo`]; [`io::afpacket`] for
+//!   Linux network devices.
+//! - [`engine`]: the data path loop: switch, fast path, offload manager,
+//!   telemetry.
+//! - [`control`]: the control API server.
+//! - [`daemon`]: `dpu-fw run`, putting those together.
+//! - [`ctl`]: a control API client for operators.
 //! - [`capture`]: a streaming pcap/pcapng reader that trusts no length.
 //! - [`flows`]: the `dpu-fw flows` capture dump.
+//!
+//! Unsafe code lives only in [`io::afpacket`] (system calls).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod capture;
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod engine;
 pub mod flows;
+pub mod io;

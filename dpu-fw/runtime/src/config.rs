@@ -1,0 +1,432 @@
+//! The runtime's own configuration file: which devices are the switch's
+//! ports, how big the tables are, where the control API listens. What
+//! traffic does (services, chains, policies) is not here: the host agent
+//! sends that over the control API.
+//!
+//! ```yaml
+//! ports:
+//!   - { name: lan, io: "afpacket:eth0", role: lan }
+//!   - { name: wan, io: "afpacket:eth1", role: wan }
+//!   - { name: vf0, io: "afpacket:pf0vf0", role: vf }
+//! sessions: 1048576          # session table capacity (default 65536)
+//! control:
+//!   listen: "0.0.0.0:7400"   # the host reaches the DPU over the network
+//! telemetry:
+//!   period: 500ms
+//! offload:
+//!   backend: soft            # soft (the software eSwitch) or refuse
+//!   capacity: 1000000        # rules the software eSwitch holds
+//!   offload_after: 1         # packets in software before rules
+//! ```
+//!
+//! Parsing is strict: an unknown field is an error naming its path.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What is wrong with a runtime configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A field is missing, unknown, or has a bad value.
+    #[error("{path}: {message}")]
+    Field {
+        /// Its path (`ports[2].io`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn field(path: impl Into<String>, message: impl Into<String>) -> ConfigFileError {
+    ConfigFileError::Field {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// The role of a port, as the control API's configuration must repeat it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The uplink towards the protected side.
+    Lan,
+    /// The uplink towards the outside.
+    Wan,
+    /// A VF representor: a service instance's attachment.
+    Vf,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lan => "lan",
+            Self::Wan => "wan",
+            Self::Vf => "vf",
+        })
+    }
+}
+
+/// How a port's packets are sent and received.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum IoSpec {
+    /// A Linux network device through an AF_PACKET socket.
+    AfPacket {
+        /// The device's name.
+        ifname: String,
+    },
+    /// A DPDK port (a BlueField uplink or VF representor), by its devargs.
+    Dpdk {
+        /// The device arguments (`0000:03:00.0,representor=vf[0-3]`).
+        devargs: String,
+    },
+}
+
+impl FromStr for IoSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("afpacket", name)) if !name.is_empty() && name.len() < 16 => Ok(Self::AfPacket {
+                ifname: name.to_owned(),
+            }),
+            Some(("afpacket", _)) => Err(format!(
+                "\"{s}\": give an interface name of 1 to 15 characters"
+            )),
+            Some(("dpdk", args)) if !args.is_empty() => Ok(Self::Dpdk {
+                devargs: args.to_owned(),
+            }),
+            _ => Err(format!("\"{s}\": use afpacket:IFNAME or dpdk:DEVARGS")),
+        }
+    }
+}
+
+impl fmt::Display for IoSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AfPacket { ifname } => write!(f, "afpacket:{ifname}"),
+            Self::Dpdk { devargs } => write!(f, "dpdk:{devargs}"),
+        }
+    }
+}
+
+/// One switch port.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PortSpec {
+    /// The name the control API's configuration uses for it.
+    pub name: String,
+    /// Its device.
+    pub io: IoSpec,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Which flow-offload backend steers established connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The software eSwitch: frames between the runtime's ports go through
+    /// flow rules executed in software (the simulated rig, a NIC without
+    /// an eSwitch).
+    #[default]
+    Soft,
+    /// No offload: every packet goes through the fast path.
+    Refuse,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Soft => "soft",
+            Self::Refuse => "refuse",
+        })
+    }
+}
+
+/// The whole runtime configuration, checked.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RuntimeConfig {
+    /// Ports, in the order the runtime polls them.
+    pub ports: Vec<PortSpec>,
+    /// Session table capacity.
+    pub sessions: usize,
+    /// Where the control API listens.
+    pub listen: SocketAddr,
+    /// How often telemetry is sampled (and the fastest a watcher gets it).
+    pub telemetry_period: Duration,
+    /// The offload backend.
+    pub backend: Backend,
+    /// Rules the software eSwitch holds.
+    pub capacity: usize,
+    /// Packets a session has in software before its rules are installed.
+    pub offload_after: u16,
+}
+
+/// The default control API address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    ports: Vec<PortFile>,
+    #[serde(default)]
+    sessions: Option<usize>,
+    #[serde(default)]
+    control: ControlFile,
+    #[serde(default)]
+    telemetry: TelemetryFile,
+    #[serde(default)]
+    offload: OffloadFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortFile {
+    name: String,
+    io: String,
+    role: Role,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ControlFile {
+    #[serde(default)]
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TelemetryFile {
+    #[serde(default)]
+    period: Option<chaingate_proto::file::Millis>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OffloadFile {
+    #[serde(default)]
+    backend: Backend,
+    #[serde(default)]
+    capacity: Option<usize>,
+    #[serde(default)]
+    offload_after: Option<u16>,
+}
+
+impl RuntimeConfig {
+    /// Reads and checks a file.
+    ///
+    /// # Errors
+    /// [`ConfigFileError`].
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and checks the text of a file.
+    ///
+    /// # Errors
+    /// [`ConfigFileError::Field`] naming the field.
+    pub fn parse(text: &str) -> Result<Self, ConfigFileError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let file: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if !head.contains(' ') => rest.to_owned(),
+                _ => message,
+            };
+            field(path, message)
+        })?;
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        let mut ports = Vec::with_capacity(file.ports.len());
+        for (i, p) in file.ports.into_iter().enumerate() {
+            chaingate_shared::Name::new(&p.name)
+                .map_err(|e| field(format!("ports[{i}].name"), e.to_string()))?;
+            if !names.insert(p.name.clone()) {
+                return Err(field(
+                    format!("ports[{i}].name"),
+                    format!("a second port named \"{}\"", p.name),
+                ));
+            }
+            let io: IoSpec =
+                p.io.parse()
+                    .map_err(|e: String| field(format!("ports[{i}].io"), e))?;
+            if !devices.insert(io.clone()) {
+                return Err(field(
+                    format!("ports[{i}].io"),
+                    format!("{io} is already another port"),
+                ));
+            }
+            if p.role != Role::Vf && ports.iter().any(|q: &PortSpec| q.role == p.role) {
+                return Err(field(
+                    format!("ports[{i}].role"),
+                    format!("a second {} uplink", p.role),
+                ));
+            }
+            ports.push(PortSpec {
+                name: p.name,
+                io,
+                role: p.role,
+            });
+        }
+        if ports.len() > chaingate_shared::config::MAX_PORTS {
+            return Err(field(
+                "ports",
+                format!("at most {} ports", chaingate_shared::config::MAX_PORTS),
+            ));
+        }
+        for role in [Role::Lan, Role::Wan] {
+            if !ports.iter().any(|p| p.role == role) {
+                return Err(field("ports", format!("no port has role {role}")));
+            }
+        }
+        let sessions = file.sessions.unwrap_or(1 << 16);
+        if !(16..=1 << 26).contains(&sessions) {
+            return Err(field("sessions", "must be 16 to 67108864"));
+        }
+        let listen = file.control.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            field(
+                "control.listen",
+                format!("\"{listen}\" is not an address:port"),
+            )
+        })?;
+        let period = file.telemetry.period.map_or(500, |m| m.0);
+        if !(10..=60_000).contains(&period) {
+            return Err(field("telemetry.period", "must be 10ms to 60s"));
+        }
+        let capacity = file.offload.capacity.unwrap_or(1 << 20);
+        if capacity > 1 << 26 {
+            return Err(field("offload.capacity", "must be at most 67108864"));
+        }
+        let offload_after = file.offload.offload_after.unwrap_or(1);
+        if offload_after == 0 {
+            return Err(field("offload.offload_after", "must be at least 1"));
+        }
+        Ok(Self {
+            ports,
+            sessions,
+            listen,
+            telemetry_period: Duration::from_millis(u64::from(period)),
+            backend: file.offload.backend,
+            capacity,
+            offload_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+ports:
+  - { name: lan, io: "afpacket:veth-lan", role: lan }
+  - { name: wan, io: "afpacket:veth-wan", role: wan }
+  - { name: vf0, io: "afpacket:vf0", role: vf }
+sessions: 4096
+control: { listen: "127.0.0.1:7401" }
+telemetry: { period: 100ms }
+offload: { backend: refuse, capacity: 5000, offload_after: 2 }
+"#;
+
+    #[test]
+    fn a_good_file() {
+        let c = RuntimeConfig::parse(GOOD).unwrap();
+        assert_eq!(c.ports.len(), 3);
+        assert_eq!(
+            c.ports[2].io,
+            IoSpec::AfPacket {
+                ifname: "vf0".into()
+            }
+        );
+        assert_eq!(c.sessions, 4096);
+        assert_eq!(c.listen, "127.0.0.1:7401".parse().unwrap());
+        assert_eq!(c.telemetry_period, Duration::from_millis(100));
+        assert_eq!(
+            (c.backend, c.capacity, c.offload_after),
+            (Backend::Refuse, 5000, 2)
+        );
+        let minimal = RuntimeConfig::parse(
+            "ports: [{name: a, io: 'afpacket:a', role: lan}, {name: b, io: 'afpacket:b', role: wan}]",
+        )
+        .unwrap();
+        assert_eq!(minimal.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(minimal.backend, Backend::Soft);
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let cases = [
+            (
+                GOOD.replace("sessions: 4096", "sesions: 4096"),
+                "sesions: unknown field",
+            ),
+            (
+                GOOD.replace("afpacket:vf0", "pcap:vf0"),
+                "ports[2].io: \"pcap:vf0\": use afpacket",
+            ),
+            (
+                GOOD.replace("afpacket:vf0", "afpacket:veth-lan"),
+                "ports[2].io: afpacket:veth-lan is already another port",
+            ),
+            (
+                GOOD.replace("name: vf0", "name: lan"),
+                "ports[2].name: a second port named",
+            ),
+            (
+                GOOD.replace("role: vf", "role: wan"),
+                "ports[2].role: a second wan uplink",
+            ),
+            (
+                GOOD.replace("role: vf", "role: tap"),
+                "ports[2].role: unknown variant `tap`",
+            ),
+            (
+                GOOD.replace("127.0.0.1:7401", "localhost"),
+                "control.listen: \"localhost\" is not",
+            ),
+            (
+                GOOD.replace("period: 100ms", "period: 1ms"),
+                "telemetry.period: must be 10ms",
+            ),
+            (
+                GOOD.replace("offload_after: 2", "offload_after: 0"),
+                "offload.offload_after",
+            ),
+            (
+                GOOD.replace("sessions: 4096", "sessions: 1"),
+                "sessions: must be 16",
+            ),
+            (
+                GOOD.replace("role: lan", "role: vf"),
+                "ports: no port has role lan",
+            ),
+        ];
+        for (text, expected) in cases {
+            let got = RuntimeConfig::parse(&text).unwrap_err().to_string();
+            assert!(
+                got.starts_with(expected),
+                "expected {expected:?}, got {got:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The simulated rig: what stands for a DPU's ports, its service instances
+//! and the hosts on either side, on one Linux machine.
+//!
+//! - [`netns`]: running code inside a network namespace.
+//! - [`topology`]: a namespace and veth pairs, removed in `Drop` (also when
+//!   a test fails), with names no other run uses.
+//! - [`endpoint`]: sending and receiving raw frames on an interface.
+//! - [`frames`]: the frames tests send.
+//! - [`reflector`]: a bump-in-the-wire stand-in for a service instance.
+//! - [`dpu`]: `dpu-fw` as a child process with a generated configuration.
+//!
+//! Everything here needs root (namespaces, raw sockets). [`require_root`]
+//! lets a test step aside for an unprivileged developer, and fails it in
+//! CI (`CHAINGATE_REQUIRE_NETNS=1`), where skipping would hide a defect.
+
+pub mod dpu;
+pub mod endpoint;
+pub mod frames;
+pub mod netns;
+pub mod reflector;
+pub mod topology;
+
+/// True when the rig can run (root). Without root it prints why the test
+/// does nothing, or panics when `CHAINGATE_REQUIRE_NETNS` is set.
+///
+/// # Panics
+/// Without root when `CHAINGATE_REQUIRE_NETNS` is set.
+#[must_use]
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CHAINGATE_REQUIRE_NETNS").is_none(),
+            "this test needs root (network namespaces, raw sockets)"
+        );
+        eprintln!("skipped: needs root (network namespaces, raw sockets)");
+    }
+    root
+}
