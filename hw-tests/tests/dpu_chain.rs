@@ -153,6 +153,27 @@ async fn frames_walk_the_chain_both_ways() {
         ["fw-0", "ids-0"]
     );
     assert_eq!(s.dst, SERVER.to_string(), "shown as the opener sent it");
+    // Pages of three: four pages, every session once.
+    let mut token = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = control
+            .list_sessions(dpu::ListSessionsRequest {
+                page_size: 3,
+                page_token: token,
+                ..dpu::ListSessionsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total, 10);
+        pages.push(page.sessions.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, [3, 3, 3, 1]);
 
     // Generation 2 adds a second firewall instance: established sessions
     // keep theirs, new ones spread over both.
