@@ -26,3 +26,15 @@ ensure_packages() {
   apt-get -qq update >/dev/null
   apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
 }
+
+# DPDK 22.11 for the `dpdk` feature: headers, the PMDs (net_ring,
+# net_af_packet, ...), libclang for bindgen, pkg-config.
+ensure_dpdk() {
+  if pkg-config --exists libdpdk 2>/dev/null && ldconfig -p | grep -q libclang; then
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -qq update >/dev/null
+  apt-get -qq install -y --no-install-recommends \
+    libdpdk-dev dpdk dpdk-dev libclang-dev pkg-config >/dev/null
+}

@@ -65,17 +65,27 @@ impl DpuFw {
     /// It cannot be started, or exits before it listens (its log is in the
     /// error).
     pub fn start(ports: &[(&str, &str, &str)], extra: &str) -> io::Result<Self> {
+        let ports: Vec<(&str, String, &str)> = ports
+            .iter()
+            .map(|(name, ifname, role)| (*name, format!("afpacket:{ifname}"), *role))
+            .collect();
+        Self::start_with_io(&ports, extra)
+    }
+
+    /// As [`DpuFw::start`], with each port's I/O spelt out
+    /// (`dpdk:net_af_packet0`).
+    ///
+    /// # Errors
+    /// As [`DpuFw::start`].
+    pub fn start_with_io(ports: &[(&str, String, &str)], extra: &str) -> io::Result<Self> {
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = std::env::temp_dir().join(format!("cg-dpu-{}-{n}", std::process::id()));
         let config = base.with_extension("yaml");
         let log = base.with_extension("log");
         let mut text = String::from("ports:\n");
-        for (name, ifname, role) in ports {
-            let _ = writeln!(
-                text,
-                "  - {{ name: {name}, io: \"afpacket:{ifname}\", role: {role} }}"
-            );
+        for (name, io, role) in ports {
+            let _ = writeln!(text, "  - {{ name: {name}, io: \"{io}\", role: {role} }}");
         }
         let _ = writeln!(text, "control: {{ listen: \"{addr}\" }}");
         if !extra.contains("telemetry") {

@@ -8,6 +8,7 @@
 //! - [`frames`]: the frames tests send.
 //! - [`reflector`]: a bump-in-the-wire stand-in for a service instance.
 //! - [`dpu`]: `dpu-fw` as a child process with a generated configuration.
+//! - [`labrig`]: the description of a real BlueField rig (opt-in tests).
 //!
 //! Everything here needs root (namespaces, raw sockets). [`require_root`]
 //! lets a test step aside for an unprivileged developer, and fails it in
@@ -16,6 +17,7 @@
 pub mod dpu;
 pub mod endpoint;
 pub mod frames;
+pub mod labrig;
 pub mod netns;
 pub mod reflector;
 pub mod topology;

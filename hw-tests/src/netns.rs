@@ -8,7 +8,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// Runs `f` on a thread inside the named namespace (`/run/netns/NAME`).
+/// Runs `f` on a thread inside the named namespace (`/run/netns/NAME`,
+/// or a path such as `/proc/1/ns/net` for the host's own).
 ///
 /// # Errors
 /// The namespace cannot be opened or joined.
@@ -16,7 +17,12 @@ use std::os::fd::AsRawFd;
 /// # Panics
 /// If `f` panics.
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let ns = File::open(format!("/run/netns/{name}"))?;
+    let path = if name.starts_with('/') {
+        name.to_owned()
+    } else {
+        format!("/run/netns/{name}")
+    };
+    let ns = File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: `ns` is an open namespace file; setns only changes

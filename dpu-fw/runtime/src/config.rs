@@ -14,9 +14,13 @@
 //! telemetry:
 //!   period: 500ms
 //! offload:
-//!   backend: soft            # soft (the software eSwitch) or refuse
+//!   backend: soft            # soft (the software eSwitch), refuse, rte_flow
 //!   capacity: 1000000        # rules the software eSwitch holds
 //!   offload_after: 1         # packets in software before rules
+//! dpdk:                      # for `dpdk:` ports (a build with feature dpdk)
+//!   eal: ["-l", "0", "-a", "0000:03:00.0,representor=vf[0-3],dv_flow_en=2"]
+//!   mbufs: 16383
+//!   descriptors: 1024
 //! ```
 //!
 //! Parsing is strict: an unknown field is an error naming its path.
@@ -89,10 +93,12 @@ pub enum IoSpec {
         /// The device's name.
         ifname: String,
     },
-    /// A DPDK port (a BlueField uplink or VF representor), by its devargs.
+    /// A DPDK port (a BlueField uplink or VF representor): its ethdev name
+    /// (`0000:03:00.0`, `net_ring0`) or port number. The devices
+    /// themselves are given to EAL in `dpdk.eal` (`-a`, `--vdev`).
     Dpdk {
-        /// The device arguments (`0000:03:00.0,representor=vf[0-3]`).
-        devargs: String,
+        /// The ethdev name or number.
+        device: String,
     },
 }
 
@@ -107,10 +113,10 @@ impl FromStr for IoSpec {
             Some(("afpacket", _)) => Err(format!(
                 "\"{s}\": give an interface name of 1 to 15 characters"
             )),
-            Some(("dpdk", args)) if !args.is_empty() => Ok(Self::Dpdk {
-                devargs: args.to_owned(),
+            Some(("dpdk", device)) if !device.is_empty() => Ok(Self::Dpdk {
+                device: device.to_owned(),
             }),
-            _ => Err(format!("\"{s}\": use afpacket:IFNAME or dpdk:DEVARGS")),
+            _ => Err(format!("\"{s}\": use afpacket:IFNAME or dpdk:DEVICE")),
         }
     }
 }
@@ -119,7 +125,7 @@ impl fmt::Display for IoSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::AfPacket { ifname } => write!(f, "afpacket:{ifname}"),
-            Self::Dpdk { devargs } => write!(f, "dpdk:{devargs}"),
+            Self::Dpdk { device } => write!(f, "dpdk:{device}"),
         }
     }
 }
@@ -146,6 +152,10 @@ pub enum Backend {
     Soft,
     /// No offload: every packet goes through the fast path.
     Refuse,
+    /// The NIC's switch through DPDK's rte_flow (DPDK ports only; needs a
+    /// build with the `dpdk` feature).
+    #[serde(rename = "rte_flow")]
+    RteFlow,
 }
 
 impl fmt::Display for Backend {
@@ -153,6 +163,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Self::Soft => "soft",
             Self::Refuse => "refuse",
+            Self::RteFlow => "rte_flow",
         })
     }
 }
@@ -174,6 +185,20 @@ pub struct RuntimeConfig {
     pub capacity: usize,
     /// Packets a session has in software before its rules are installed.
     pub offload_after: u16,
+    /// DPDK settings (used when a port is `dpdk:`).
+    pub dpdk: DpdkSettings,
+}
+
+/// How DPDK is started and its ports sized.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DpdkSettings {
+    /// EAL arguments (`-l 0`, `-a 0000:03:00.0,representor=vf[0-3]`,
+    /// `--vdev=net_ring0`, `--no-huge`, ...).
+    pub eal: Vec<String>,
+    /// Mbufs in the pool all DPDK ports share.
+    pub mbufs: u32,
+    /// Receive and transmit descriptors per port.
+    pub descriptors: u16,
 }
 
 /// The default control API address.
@@ -191,6 +216,19 @@ struct File {
     telemetry: TelemetryFile,
     #[serde(default)]
     offload: OffloadFile,
+    #[serde(default)]
+    dpdk: DpdkFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DpdkFile {
+    #[serde(default)]
+    eal: Vec<String>,
+    #[serde(default)]
+    mbufs: Option<u32>,
+    #[serde(default)]
+    descriptors: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +359,37 @@ impl RuntimeConfig {
         if offload_after == 0 {
             return Err(field("offload.offload_after", "must be at least 1"));
         }
+        let dpdk_ports = ports
+            .iter()
+            .filter(|p| matches!(p.io, IoSpec::Dpdk { .. }))
+            .count();
+        if file.offload.backend == Backend::RteFlow && dpdk_ports == 0 {
+            return Err(field(
+                "offload.backend",
+                "rte_flow installs rules on DPDK ports, and no port is dpdk:",
+            ));
+        }
+        let descriptors = file.dpdk.descriptors.unwrap_or(1024);
+        if !(64..=8192).contains(&descriptors) || !descriptors.is_power_of_two() {
+            return Err(field(
+                "dpdk.descriptors",
+                "must be a power of two from 64 to 8192",
+            ));
+        }
+        // Every port's rings full both ways, plus bursts in flight.
+        let needed = u32::try_from(dpdk_ports)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(2 * u32::from(descriptors))
+            .saturating_add(1024);
+        let mbufs = file.dpdk.mbufs.unwrap_or_else(|| needed.max(8191));
+        if mbufs < needed {
+            return Err(field(
+                "dpdk.mbufs",
+                format!(
+                    "{dpdk_ports} DPDK ports with {descriptors} descriptors need at least {needed}"
+                ),
+            ));
+        }
         Ok(Self {
             ports,
             sessions,
@@ -329,6 +398,11 @@ impl RuntimeConfig {
             backend: file.offload.backend,
             capacity,
             offload_after,
+            dpdk: DpdkSettings {
+                eal: file.dpdk.eal,
+                mbufs,
+                descriptors,
+            },
         })
     }
 }
@@ -371,6 +445,15 @@ offload: { backend: refuse, capacity: 5000, offload_after: 2 }
         .unwrap();
         assert_eq!(minimal.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(minimal.backend, Backend::Soft);
+        let dpdk = RuntimeConfig::parse(
+            "ports: [{name: a, io: 'dpdk:net_ring0', role: lan}, {name: b, io: 'dpdk:1', role: wan}]\n\
+             offload: { backend: rte_flow }\n\
+             dpdk: { eal: ['--no-huge', '--vdev=net_ring0'] }",
+        )
+        .unwrap();
+        assert_eq!(dpdk.ports[1].io, IoSpec::Dpdk { device: "1".into() });
+        assert_eq!(dpdk.dpdk.eal, ["--no-huge", "--vdev=net_ring0"]);
+        assert_eq!((dpdk.dpdk.descriptors, dpdk.dpdk.mbufs), (1024, 8191));
     }
 
     #[test]

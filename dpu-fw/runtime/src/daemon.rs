@@ -40,6 +40,17 @@ pub enum DaemonError {
         /// Its I/O.
         io: String,
     },
+    /// A DPDK port could not be opened (EAL, mempool or port set-up).
+    #[error("port {port}: {message}")]
+    Dpdk {
+        /// The port's name.
+        port: String,
+        /// What failed.
+        message: String,
+    },
+    /// The rte_flow backend needs a build with DPDK.
+    #[error("offload backend rte_flow needs a build with the `dpdk` feature")]
+    NoRteFlow,
     /// The control API cannot listen.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -66,28 +77,112 @@ pub enum DaemonError {
     DataPath,
 }
 
-/// Opens every port of the configuration.
+/// The runtime's ports, opened.
+pub struct Ports {
+    /// Each port's I/O, in the configuration's order.
+    pub io: Vec<Box<dyn PacketIo>>,
+    /// The DPDK port number of each (`None`: not a DPDK port).
+    pub dpdk_ids: Vec<Option<u16>>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports")
+            .field("count", &self.io.len())
+            .field("dpdk_ids", &self.dpdk_ids)
+            .finish()
+    }
+}
+
+/// Opens every port of the configuration (starting EAL first when a port
+/// is a DPDK one).
 ///
 /// # Errors
-/// [`DaemonError::Port`] or [`DaemonError::Unsupported`] for the first
-/// port that cannot be opened.
-pub fn open_ports(config: &RuntimeConfig) -> Result<Vec<Box<dyn PacketIo>>, DaemonError> {
-    config
-        .ports
-        .iter()
-        .map(|p| match &p.io {
-            IoSpec::AfPacket { ifname } => AfPacket::open(ifname, SLOT)
-                .map(|io| Box::new(io) as Box<dyn PacketIo>)
-                .map_err(|source| DaemonError::Port {
+/// [`DaemonError::Port`], [`DaemonError::Dpdk`] or
+/// [`DaemonError::Unsupported`] for the first port that cannot be opened.
+pub fn open_ports(config: &RuntimeConfig) -> Result<Ports, DaemonError> {
+    #[cfg(feature = "dpdk")]
+    let mut dpdk: Option<(&'static crate::dpdk::Eal, Arc<crate::dpdk::Mempool>)> = None;
+    let mut ports = Ports {
+        io: Vec::with_capacity(config.ports.len()),
+        dpdk_ids: Vec::with_capacity(config.ports.len()),
+    };
+    for p in &config.ports {
+        match &p.io {
+            IoSpec::AfPacket { ifname } => {
+                let io = AfPacket::open(ifname, SLOT).map_err(|source| DaemonError::Port {
                     port: p.name.clone(),
                     source,
-                }),
-            IoSpec::Dpdk { .. } => Err(DaemonError::Unsupported {
-                port: p.name.clone(),
-                io: p.io.to_string(),
-            }),
-        })
-        .collect()
+                })?;
+                ports.io.push(Box::new(io));
+                ports.dpdk_ids.push(None);
+            }
+            #[cfg(feature = "dpdk")]
+            IoSpec::Dpdk { device } => {
+                let failed = |message: String| DaemonError::Dpdk {
+                    port: p.name.clone(),
+                    message,
+                };
+                let (eal, pool) = if let Some((eal, pool)) = &dpdk {
+                    (*eal, Arc::clone(pool))
+                } else {
+                    let eal = crate::dpdk::Eal::init(&config.dpdk.eal)
+                        .map_err(|e| failed(e.to_string()))?;
+                    let pool = crate::dpdk::Mempool::new(eal, "chaingate", config.dpdk.mbufs)
+                        .map_err(|e| {
+                            failed(format!(
+                                "cannot make a pool of {} mbufs: {e}",
+                                config.dpdk.mbufs
+                            ))
+                        })?;
+                    let pool = Arc::new(pool);
+                    dpdk = Some((eal, Arc::clone(&pool)));
+                    (eal, pool)
+                };
+                let port = crate::dpdk::EthPort::open(eal, device, pool, config.dpdk.descriptors)
+                    .map_err(|e| failed(e.to_string()))?;
+                ports.dpdk_ids.push(Some(port.id()));
+                ports.io.push(Box::new(crate::dpdk::DpdkIo::new(port)));
+            }
+            #[cfg(not(feature = "dpdk"))]
+            IoSpec::Dpdk { .. } => {
+                return Err(DaemonError::Unsupported {
+                    port: p.name.clone(),
+                    io: p.io.to_string(),
+                });
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// The offload backend the configuration asks for.
+enum Chosen {
+    Soft(Box<SoftSwitch>),
+    Refuse(Refusing),
+    #[cfg(feature = "dpdk")]
+    RteFlow(Box<crate::dpdk::DpdkFlow>),
+}
+
+fn choose(config: &RuntimeConfig, ports: &Ports) -> Result<Chosen, DaemonError> {
+    Ok(match config.backend {
+        Backend::Soft => Chosen::Soft(Box::new(SoftSwitch::new(config.capacity))),
+        Backend::Refuse => Chosen::Refuse(Refusing::default()),
+        #[cfg(feature = "dpdk")]
+        Backend::RteFlow => Chosen::RteFlow(Box::new(
+            crate::dpdk::DpdkFlow::new(ports.dpdk_ids.clone(), config.capacity).map_err(|e| {
+                DaemonError::Dpdk {
+                    port: "(rte_flow backend)".into(),
+                    message: e.to_string(),
+                }
+            })?,
+        )),
+        #[cfg(not(feature = "dpdk"))]
+        Backend::RteFlow => {
+            let _ = ports;
+            return Err(DaemonError::NoRteFlow);
+        }
+    })
 }
 
 /// A number that differs between two runs of the runtime.
@@ -111,6 +206,7 @@ fn boot_id() -> u64 {
 /// [`DaemonError`].
 pub fn run(config: RuntimeConfig) -> Result<(), DaemonError> {
     let ports = open_ports(&config)?;
+    let chosen = choose(&config, &ports)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -140,21 +236,14 @@ pub fn run(config: RuntimeConfig) -> Result<(), DaemonError> {
         let config = config.clone();
         thread::Builder::new()
             .name("datapath".into())
-            .spawn(move || match config.backend {
-                Backend::Soft => {
-                    let backend = SoftSwitch::new(config.capacity);
-                    drive(&config, ports, backend, boot, outputs, &commands_rx, &stop);
+            .spawn(move || match chosen {
+                Chosen::Soft(b) => drive(&config, ports.io, *b, boot, outputs, &commands_rx, &stop),
+                Chosen::Refuse(b) => {
+                    drive(&config, ports.io, b, boot, outputs, &commands_rx, &stop);
                 }
-                Backend::Refuse => {
-                    drive(
-                        &config,
-                        ports,
-                        Refusing::default(),
-                        boot,
-                        outputs,
-                        &commands_rx,
-                        &stop,
-                    );
+                #[cfg(feature = "dpdk")]
+                Chosen::RteFlow(b) => {
+                    drive(&config, ports.io, *b, boot, outputs, &commands_rx, &stop);
                 }
             })
             .map_err(|source| DaemonError::Start {
@@ -188,6 +277,12 @@ pub fn run(config: RuntimeConfig) -> Result<(), DaemonError> {
     let joined = engine.join();
     // Streams still open are cut, not waited for.
     rt.shutdown_background();
+    // The data path thread dropped the ports and the backend: EAL (when it
+    // runs) has nothing left to serve.
+    #[cfg(feature = "dpdk")]
+    if joined.is_ok() {
+        crate::dpdk::Eal::cleanup();
+    }
     served.map_err(DaemonError::Serve)?;
     joined.map_err(|_| DaemonError::DataPath)?;
     tracing::info!("dpu-fw stopped");

@@ -56,6 +56,11 @@ pub trait Switch: FlowOffload + Send + 'static {
         SwitchStats::default()
     }
 
+    /// Which runtime port each configured port (`PortId`) is, before rules
+    /// for a configuration are made (a hardware backend names ports by its
+    /// own numbers).
+    fn set_port_map(&mut self, _runtime_index: &[Option<usize>]) {}
+
     /// The backend's name, for telemetry.
     fn name(&self) -> &'static str;
 }
@@ -217,6 +222,9 @@ impl<B: Switch> Engine<B> {
             budget: config.capacity,
             ..ManagerOptions::default()
         };
+        let mut backend = backend;
+        let identity: Vec<Option<usize>> = (0..config.ports.len()).map(Some).collect();
+        backend.set_port_map(&identity);
         let mgr = OffloadManager::new(backend, &dp, manager);
         let now = Instant::now();
         let mut engine = Self {
@@ -539,8 +547,9 @@ impl<B: Switch> Engine<B> {
         let generation = config.generation();
         let now = self.now();
         self.dp.apply(config, now);
-        self.mgr.reconfigured(&mut self.dp);
         self.map_ports();
+        self.mgr.backend_mut().set_port_map(&self.io_of_port);
+        self.mgr.reconfigured(&mut self.dp);
         self.census_now();
         self.publish();
         tracing::info!(generation = generation.0, "configuration applied");

@@ -9,11 +9,13 @@
 //!   telemetry.
 //! - [`control`]: the control API server.
 //! - [`daemon`]: `dpu-fw run`, putting those together.
+//! - `dpdk` (feature `dpdk`): DPDK ports and the rte_flow backend.
 //! - [`ctl`]: a control API client for operators.
 //! - [`capture`]: a streaming pcap/pcapng reader that trusts no length.
 //! - [`flows`]: the `dpu-fw flows` capture dump.
 //!
-//! Unsafe code lives only in [`io::afpacket`] (system calls).
+//! Unsafe code lives only in [`io::afpacket`] (system calls) and `dpdk`
+//! (the safe layer over DPDK).
 
 #![deny(unsafe_code)]
 
@@ -22,6 +24,8 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod engine;
 pub mod flows;
 pub mod io;

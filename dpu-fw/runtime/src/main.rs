@@ -148,7 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => {
             let parsed = RuntimeConfig::load(&config)?;
-            daemon::open_ports(&parsed)?;
+            let ports = daemon::open_ports(&parsed)?;
+            drop(ports);
             println!(
                 "{}: {} ports, {} sessions, control on {}, offload {}",
                 config.display(),
