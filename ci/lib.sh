@@ -38,3 +38,42 @@ ensure_dpdk() {
   apt-get -qq install -y --no-install-recommends \
     libdpdk-dev dpdk dpdk-dev libclang-dev pkg-config >/dev/null
 }
+
+# What the VM tests need (docs/vms.md): QEMU >= 8 for the igb device (from
+# bookworm-backports on Debian 12), busybox-static for the guests' init,
+# and a guest kernel with its modules, unpacked (not installed) into
+# $CHAINGATE_VM_DIR (default /var/cache/chaingate/vm): vmlinuz and lib/.
+ensure_vm_tools() {
+  local dir="${CHAINGATE_VM_DIR:-/var/cache/chaingate/vm}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache policy 2>/dev/null | grep -q bookworm-backports; then
+    cat > /etc/apt/sources.list.d/chaingate-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get -qq update >/dev/null
+  fi
+  if ! qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
+    apt-get -qq update >/dev/null
+    apt-get -qq install -y -t bookworm-backports --no-install-recommends \
+      qemu-system-x86 >/dev/null
+  fi
+  [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx insmod ||
+    apt-get -qq install -y --no-install-recommends busybox-static >/dev/null
+  if [ ! -s "$dir/vmlinuz" ]; then
+    local pkg tmp
+    pkg=$(apt-cache depends -t bookworm-backports linux-image-amd64 |
+      awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+    [ -n "$pkg" ] || { echo "no backports kernel found" >&2; return 1; }
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get -qq download -t bookworm-backports "$pkg" >/dev/null)
+    mkdir -p "$dir.new"
+    dpkg-deb -x "$tmp"/*.deb "$dir.new"
+    cp "$dir.new"/boot/vmlinuz-* "$dir.new/vmlinuz"
+    rm -rf "$tmp" "$dir"
+    mv "$dir.new" "$dir"
+  fi
+}

@@ -2,7 +2,14 @@
 //!
 //! - [`dpu`]: the client that keeps the DPU configured and brings its
 //!   telemetry to the rest of the agent.
+//! - [`image`]: guest images (initramfs, kernel modules) for service VMs.
+//! - [`qemu`]: QEMU command lines for service VMs and test guests.
+//!
+//! VF provisioning (sysfs, VFIO) is the `chaingate-provision` crate, the
+//! only place with unsafe code.
 
 #![forbid(unsafe_code)]
 
 pub mod dpu;
+pub mod image;
+pub mod qemu;
