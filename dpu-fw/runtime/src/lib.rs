@@ -14,8 +14,8 @@
 //! - [`capture`]: a streaming pcap/pcapng reader that trusts no length.
 //! - [`flows`]: the `dpu-fw flows` capture dump.
 //!
-//! Unsafe code lives only in [`io::afpacket`] (system calls) and `dpdk`
-//! (the safe layer over DPDK).
+//! Unsafe code lives only in `dpdk` (the safe layer over DPDK); the
+//! system calls of AF_PACKET I/O are in `chaingate-pktio`.
 
 #![deny(unsafe_code)]
 
@@ -28,4 +28,7 @@ pub mod daemon;
 pub mod dpdk;
 pub mod engine;
 pub mod flows;
-pub mod io;
+
+/// Packet I/O (the `chaingate-pktio` crate, shared with the service
+/// functions and the test rig).
+pub use chaingate_pktio as io;

@@ -1,4 +1,5 @@
-//! Packet I/O: how the runtime's ports receive and send frames.
+//! Raw frame I/O on Linux: how the DPU runtime's ports, the reference
+//! service functions and the test rig receive and send frames.
 //!
 //! [`PacketIo`] is the seam at the hardware edge: [`afpacket`] implements
 //! it for Linux network devices (the simulated rig's veths, kernel netdevs

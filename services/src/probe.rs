@@ -1,0 +1,197 @@
+//! The health probe: a line protocol on a byte stream.
+//!
+//! The host agent writes `probe\n`; a healthy service answers one line,
+//! `ok service=NAME instance=NAME rx=N tx=N dropped=N\n`. Other requests
+//! are answered `error unknown request`. An instance that does not answer
+//! within the agent's probe timeout is unhealthy.
+//!
+//! Where the stream comes from ([`Channel`]):
+//! - `unix:PATH`: a Unix socket the service listens on; the agent
+//!   connects for each probe. Process instances use this: their network
+//!   namespace is their own, the file system is shared.
+//! - `tty:PATH`: a serial port that the VM's second UART is wired to; QEMU
+//!   serves it to the agent as a Unix socket. The port must be raw (the
+//!   image's init runs `stty raw -echo` on it).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread;
+
+use crate::wire::Counters;
+
+/// Where the probe is served.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Channel {
+    /// Listen on this Unix socket.
+    Unix(PathBuf),
+    /// Serve on this (raw) serial port.
+    Tty(PathBuf),
+}
+
+impl FromStr for Channel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("unix", p)) if !p.is_empty() => Ok(Self::Unix(p.into())),
+            Some(("tty", p)) if !p.is_empty() => Ok(Self::Tty(p.into())),
+            _ => Err(format!("`{s}`: write unix:PATH or tty:PATH")),
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tty(p) => write!(f, "tty:{}", p.display()),
+        }
+    }
+}
+
+/// Who answers: the service's and the instance's names, and its counters.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The service function (`monitor`, `firewall`, ...).
+    pub service: String,
+    /// The instance name the agent gave it.
+    pub instance: String,
+}
+
+/// The answer to one request line.
+#[must_use]
+pub fn answer(request: &str, who: &Identity, counters: &Counters) -> String {
+    match request.trim() {
+        "probe" => {
+            let c = counters.snapshot();
+            format!(
+                "ok service={} instance={} rx={} tx={} dropped={}\n",
+                who.service, who.instance, c.rx, c.tx, c.dropped
+            )
+        }
+        _ => "error unknown request\n".to_owned(),
+    }
+}
+
+fn serve_stream(
+    reader: impl io::Read,
+    mut writer: impl Write,
+    who: &Identity,
+    counters: &Counters,
+) -> io::Result<()> {
+    let mut lines = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        writer.write_all(answer(&line, who, counters).as_bytes())?;
+        writer.flush()?;
+    }
+}
+
+/// Starts answering probes on `channel` in a background thread.
+///
+/// # Errors
+/// The socket cannot be bound, or the serial port opened.
+pub fn serve(
+    channel: &Channel,
+    who: Identity,
+    counters: Arc<Counters>,
+) -> io::Result<thread::JoinHandle<()>> {
+    match channel {
+        Channel::Unix(path) => {
+            // A socket file left by an earlier run of the same instance.
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            Ok(thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let (who, counters) = (who.clone(), Arc::clone(&counters));
+                    thread::spawn(move || {
+                        if let Ok(reader) = stream.try_clone() {
+                            let _ = serve_stream(reader, stream, &who, &counters);
+                        }
+                    });
+                }
+            }))
+        }
+        Channel::Tty(path) => {
+            let open = || -> io::Result<(File, File)> {
+                let port = OpenOptions::new().read(true).write(true).open(path)?;
+                Ok((port.try_clone()?, port))
+            };
+            let (reader, writer) =
+                open().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            Ok(thread::spawn(move || {
+                // A serial port has no end of file; a read error ends it.
+                let _ = serve_stream(reader, writer, &who, &counters);
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn channels_parse_and_print() {
+        assert_eq!(
+            "unix:/run/p.sock".parse(),
+            Ok(Channel::Unix("/run/p.sock".into()))
+        );
+        assert_eq!(
+            "tty:/dev/ttyS1".parse::<Channel>().unwrap().to_string(),
+            "tty:/dev/ttyS1"
+        );
+        assert!(
+            "/run/p.sock"
+                .parse::<Channel>()
+                .unwrap_err()
+                .contains("unix:PATH")
+        );
+        assert!("unix:".parse::<Channel>().is_err());
+    }
+
+    #[test]
+    fn a_probe_over_a_unix_socket_reports_the_counters() {
+        let path =
+            std::env::temp_dir().join(format!("chaingate-probe-{}.sock", std::process::id()));
+        let counters = Arc::new(Counters::default());
+        counters.rx.fetch_add(5, Ordering::Relaxed);
+        counters.tx.fetch_add(4, Ordering::Relaxed);
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let who = Identity {
+            service: "monitor".into(),
+            instance: "mon-0".into(),
+        };
+        serve(&Channel::Unix(path.clone()), who, counters).unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut ask = |req: &str| {
+            writer.write_all(req.as_bytes()).unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line
+        };
+        assert_eq!(
+            ask("probe\n"),
+            "ok service=monitor instance=mon-0 rx=5 tx=4 dropped=1\n"
+        );
+        assert_eq!(ask("hello\n"), "error unknown request\n");
+        let _ = std::fs::remove_file(&path);
+    }
+}
