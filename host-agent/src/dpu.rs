@@ -118,6 +118,12 @@ impl DpuClient {
         }
     }
 
+    /// The DPU's address.
+    #[must_use]
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Sets the configuration the DPU must have; it is pushed when the
     /// DPU's generation is older.
     pub fn set_desired(&self, config: dpu::Config) {

@@ -400,6 +400,43 @@ impl GuestKit {
         image.file("/init", init.into_bytes(), 0o755);
         Ok(image)
     }
+
+    /// A service VM image: `binary` (a static `chaingate-service`) runs
+    /// `function` on the guest's first NIC, with the instance name from the
+    /// kernel command line (`chaingate.instance=NAME`, which the qemu
+    /// launcher sets), and answers the probe on the second serial port
+    /// (made raw first). virtio-net is always in; `modules` adds the VF's
+    /// driver for passthrough (`igbvf`, `mlx5_core`). The service is
+    /// started again if it exits.
+    ///
+    /// # Errors
+    /// A module missing, or a file unreadable.
+    pub fn service_initramfs(
+        &self,
+        binary: &Path,
+        function: &str,
+        modules: &[&str],
+    ) -> Result<Initramfs, ImageError> {
+        let mut all = vec!["virtio_net"];
+        all.extend_from_slice(modules);
+        let script = format!(
+            r#"stty -F /dev/ttyS1 raw -echo
+instance=$(sed -n 's/.*chaingate[.]instance=\([^ ]*\).*/\1/p' /proc/cmdline)
+iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+ip link set lo up
+ip link set "$iface" up
+echo "chaingate: {function} $instance on $iface"
+while true; do
+  /bin/chaingate-service {function} --iface "$iface" --probe tty:/dev/ttyS1 --instance "$instance"
+  echo "chaingate: service exited $?, restarting"
+  sleep 1
+done
+"#
+        );
+        let mut image = self.initramfs(&all, &script)?;
+        image.copy("/bin/chaingate-service", binary, 0o755)?;
+        Ok(image)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
+pub mod config;
 pub mod dpu;
 pub mod image;
+pub mod launcher;
+pub mod metrics;
 pub mod qemu;
+pub mod store;
+pub mod vf;

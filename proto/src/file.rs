@@ -142,6 +142,42 @@ pub struct ServiceFile {
     /// Fail open or closed.
     #[serde(default)]
     pub fail: FailFile,
+    /// How the host agent runs its instances (the DPU ignores it).
+    #[serde(default)]
+    pub launch: Option<LaunchFile>,
+}
+
+/// How the host agent runs a service's instances: give one of the two.
+///
+/// ```yaml
+/// launch: { process: [chaingate-service, monitor] }
+/// launch: { vm: { kernel: /var/lib/chaingate/vmlinuz, initrd: /var/lib/chaingate/monitor.img } }
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchFile {
+    /// A command, run in the instance's own network namespace with its VF.
+    #[serde(default)]
+    pub process: Option<Vec<String>>,
+    /// A VM image.
+    #[serde(default)]
+    pub vm: Option<VmFile>,
+}
+
+/// A service VM image.
+#[derive(Clone, PartialEq, Eq, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmFile {
+    /// The guest kernel.
+    pub kernel: String,
+    /// The initramfs holding the service function.
+    pub initrd: String,
+    /// Memory, MiB (default 256).
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// vCPUs (default 1).
+    #[serde(default)]
+    pub cpus: Option<u32>,
 }
 
 /// Scaling bounds and thresholds.
@@ -325,6 +361,16 @@ pub struct MatchFile {
 /// # Errors
 /// [`FileError::Syntax`] with the field path.
 pub fn parse(text: &str) -> Result<GatewayFile, FileError> {
+    parse_yaml(text)
+}
+
+/// Parses any strict YAML document of the project (this file, the
+/// runtime's and the agent's configurations) with the field path of an
+/// error.
+///
+/// # Errors
+/// [`FileError::Syntax`] with the field path.
+pub fn parse_yaml<T: de::DeserializeOwned>(text: &str) -> Result<T, FileError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -474,6 +520,16 @@ impl MatchFile {
 /// [`FileError`], with the path in the file's terms.
 pub fn load(text: &str, generation: u64) -> Result<(GatewayFile, dpu::Config), FileError> {
     let file = parse(text)?;
+    let msg = validate(&file, generation)?;
+    Ok((file, msg))
+}
+
+/// Validates a parsed file as the DPU would (for a tool that changes the
+/// file before it goes to the DPU, as the host agent adds its instances).
+///
+/// # Errors
+/// [`FileError::Invalid`], with the path in the file's terms.
+pub fn validate(file: &GatewayFile, generation: u64) -> Result<dpu::Config, FileError> {
     for (i, inst) in file.instances.iter().enumerate() {
         if inst.port.is_some() && (inst.ingress.is_some() || inst.egress.is_some()) {
             return Err(FileError::Invalid(ConvertError {
@@ -484,7 +540,7 @@ pub fn load(text: &str, generation: u64) -> Result<(GatewayFile, dpu::Config), F
     }
     let msg = file.to_proto(generation);
     Config::try_from(&msg).map_err(|e| FileError::Invalid(in_file_terms(e)))?;
-    Ok((file, msg))
+    Ok(msg)
 }
 
 /// Rewrites a message field path into the file's field names.

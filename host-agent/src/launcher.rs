@@ -1,0 +1,659 @@
+//! Launching service instances: [`VmLauncher`] and its two
+//! implementations.
+//!
+//! - [`QemuLauncher`]: a VM from the service image (kernel + initramfs),
+//!   KVM where it works and TCG otherwise, the VF passed through
+//!   (`vfio-pci,host=BDF`) or a tap device standing for it; the console
+//!   captured to a file, a QMP socket for status and shutdown, the probe on
+//!   the VM's second serial port.
+//! - [`ProcessLauncher`]: the service function as a process in its own
+//!   network namespace (`cg-INSTANCE`) with its VF (a veth end) moved
+//!   there: fast tests and the demo.
+//!
+//! Each instance has a directory `RUN_DIR/instances/NAME/` (logs, sockets).
+//! Every process a launcher starts carries `CHAINGATE_RUN_DIR` and
+//! `CHAINGATE_INSTANCE` in its environment; [`scan`] finds them again by
+//! these after the agent restarts, so an instance is adopted rather than
+//! launched twice, and one the store does not know is found as an orphan.
+//! Processes start in their own process group, so they outlive an agent
+//! that is killed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::qemu::{self, Guest, Nic};
+use crate::vf::{VfKind, VfRef};
+
+/// What identifies a running instance to its launcher.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Handle {
+    /// The process (QEMU, or the service function).
+    pub pid: u32,
+    /// The process's start time (clock ticks after boot), so a recycled
+    /// pid is never taken for the instance.
+    pub start_ticks: u64,
+}
+
+/// What an instance runs.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Program {
+    /// A command, run in the instance's network namespace.
+    Process(Vec<String>),
+    /// A VM.
+    Vm(VmImage),
+}
+
+/// A service VM image.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmImage {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs (`chaingate-agent image` makes one).
+    pub initrd: PathBuf,
+    /// Memory, MiB (default 256).
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// vCPUs (default 1).
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+fn default_cpus() -> u32 {
+    1
+}
+
+/// One instance to launch.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    /// The instance's name.
+    pub instance: String,
+    /// Its service.
+    pub service: String,
+    /// Its VF.
+    pub vf: VfRef,
+    /// How the host sees the VF.
+    pub vf_kind: VfKind,
+    /// What it runs.
+    pub program: Program,
+}
+
+/// A launch or stop that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{instance}: {step}: {cause}")]
+pub struct LaunchError {
+    /// The instance.
+    pub instance: String,
+    /// The step (`netns`, `spawn`, `stop`, ...).
+    pub step: &'static str,
+    /// Why.
+    pub cause: String,
+}
+
+fn fail(instance: &str, step: &'static str, cause: impl std::fmt::Display) -> LaunchError {
+    LaunchError {
+        instance: instance.to_owned(),
+        step,
+        cause: cause.to_string(),
+    }
+}
+
+/// Starts, finds, probes and stops instances of one kind.
+pub trait VmLauncher: Send + Sync + std::fmt::Debug {
+    /// `qemu` or `process`.
+    fn kind(&self) -> &'static str;
+
+    /// The VF kinds it can attach.
+    fn vf_kinds(&self) -> &'static [VfKind];
+
+    /// Starts an instance; returns once the process runs (not once it is
+    /// healthy: see [`Self::probe`]).
+    ///
+    /// # Errors
+    /// [`LaunchError`]; whatever the launch took is given back.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Handle, LaunchError>;
+
+    /// Whether the instance still runs (reaps it when it does not).
+    fn alive(&self, instance: &str, handle: &Handle) -> bool;
+
+    /// Asks the instance's health probe; the answer line on success.
+    ///
+    /// # Errors
+    /// No answer within `timeout`, or a bad one.
+    fn probe(&self, instance: &str, timeout: Duration) -> Result<String, String>;
+
+    /// Stops the instance (politely, then not) and removes what the launch
+    /// made. Stopping an instance that is not running only cleans up.
+    ///
+    /// # Errors
+    /// [`LaunchError`].
+    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<(), LaunchError>;
+}
+
+/// The instances running under `run_dir` (by the environment of every
+/// process of the host), by name.
+#[must_use]
+pub fn scan(run_dir: &Path) -> BTreeMap<String, Handle> {
+    let want_dir = format!("CHAINGATE_RUN_DIR={}", run_dir.display());
+    let mut found = BTreeMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let mut dir_matches = false;
+        let mut instance = None;
+        for var in environ.split(|b| *b == 0) {
+            if var == want_dir.as_bytes() {
+                dir_matches = true;
+            } else if let Some(name) = var.strip_prefix(b"CHAINGATE_INSTANCE=") {
+                instance = Some(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        if let (true, Some(name)) = (dir_matches, instance)
+            && let Some(handle) = proc_handle(pid)
+        {
+            // The oldest process of an instance is the one launched.
+            let keep = found
+                .get(&name)
+                .is_none_or(|h: &Handle| h.start_ticks > handle.start_ticks);
+            if keep {
+                found.insert(name, handle);
+            }
+        }
+    }
+    found
+}
+
+/// The handle of a live (not zombie) process.
+fn proc_handle(pid: u32) -> Option<Handle> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses: fields start after the
+    // last ')'. Field 3 is the state, field 22 the start time.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if matches!(fields.first(), Some(&"Z" | &"X")) {
+        return None;
+    }
+    Some(Handle {
+        pid,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn is_running(handle: &Handle) -> bool {
+    proc_handle(handle.pid).is_some_and(|h| h.start_ticks == handle.start_ticks)
+}
+
+/// Asks a probe served on a Unix socket.
+///
+/// # Errors
+/// No socket, no answer in time, or not `ok`.
+pub fn probe_socket(path: &Path, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    (&stream)
+        .write_all(b"probe\n")
+        .map_err(|e| format!("probe: {e}"))?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    // A serial line may hold the tail of an earlier, abandoned exchange:
+    // skip to the answer.
+    while Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("the probe closed without answering".to_owned()),
+            Ok(_) if line.starts_with("ok ") => return Ok(line.trim_end().to_owned()),
+            Ok(_) if line.starts_with("error") => return Err(line.trim_end().to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no answer within {timeout:?}: {e}")),
+        }
+    }
+    Err(format!("no answer within {timeout:?}"))
+}
+
+/// What the two launchers share: the run directory and their own children.
+#[derive(Debug)]
+struct Base {
+    run_dir: PathBuf,
+    children: Mutex<HashMap<String, Child>>,
+}
+
+impl Base {
+    fn new(run_dir: &Path) -> Self {
+        Self {
+            run_dir: run_dir.to_owned(),
+            children: Mutex::default(),
+        }
+    }
+
+    fn dir(&self, instance: &str) -> PathBuf {
+        self.run_dir.join("instances").join(instance)
+    }
+
+    fn make_dir(&self, instance: &str) -> Result<PathBuf, LaunchError> {
+        let dir = self.dir(instance);
+        fs::create_dir_all(&dir)
+            .map_err(|e| fail(instance, "run directory", format!("{}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+
+    fn spawn(
+        &self,
+        instance: &str,
+        mut command: Command,
+        log: &Path,
+    ) -> Result<Handle, LaunchError> {
+        let out = fs::File::create(log)
+            .map_err(|e| fail(instance, "log", format!("{}: {e}", log.display())))?;
+        let err = out.try_clone().map_err(|e| fail(instance, "log", e))?;
+        command
+            .env("CHAINGATE_RUN_DIR", &self.run_dir)
+            .env("CHAINGATE_INSTANCE", instance)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .map_err(|e| fail(instance, "spawn", format!("{command:?}: {e}")))?;
+        let handle =
+            proc_handle(child.id()).ok_or_else(|| fail(instance, "spawn", "exited at once"))?;
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(instance.to_owned(), child);
+        Ok(handle)
+    }
+
+    fn alive(&self, instance: &str, handle: &Handle) -> bool {
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(child) = children.get_mut(instance)
+            && child.id() == handle.pid
+        {
+            return match child.try_wait() {
+                Ok(None) => true,
+                _ => {
+                    children.remove(instance);
+                    false
+                }
+            };
+        }
+        is_running(handle)
+    }
+
+    /// SIGTERM to the process group, then SIGKILL after `timeout`.
+    fn terminate(&self, instance: &str, timeout: Duration) {
+        let handle = {
+            let mut children = self
+                .children
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            children.remove(instance)
+        };
+        let target = handle
+            .as_ref()
+            .and_then(|c| proc_handle(c.id()))
+            .or_else(|| scan(&self.run_dir).remove(instance));
+        let mut child = handle;
+        let Some(target) = target else {
+            if let Some(c) = child.as_mut() {
+                let _ = c.wait();
+            }
+            return;
+        };
+        let group = rustix::process::Pid::from_raw(target.pid.cast_signed());
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        }
+        let gone = |child: &mut Option<Child>| match child {
+            Some(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            None => !is_running(&target),
+        };
+        let deadline = Instant::now() + timeout;
+        while !gone(&mut child) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !gone(&mut child) {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            if let Some(c) = child.as_mut() {
+                let _ = c.wait();
+            } else {
+                while !gone(&mut child) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `ip` with `args`; its error output on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The service function as a process in its own network namespace.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    base: Base,
+}
+
+impl ProcessLauncher {
+    /// A launcher keeping its files under `run_dir`.
+    #[must_use]
+    pub fn new(run_dir: &Path) -> Self {
+        Self {
+            base: Base::new(run_dir),
+        }
+    }
+
+    /// The instance's network namespace.
+    #[must_use]
+    pub fn netns(instance: &str) -> String {
+        format!("cg-{instance}")
+    }
+
+    fn probe_path(&self, instance: &str) -> PathBuf {
+        self.base.dir(instance).join("probe.sock")
+    }
+}
+
+impl VmLauncher for ProcessLauncher {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn vf_kinds(&self) -> &'static [VfKind] {
+        &[VfKind::Netdev]
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Handle, LaunchError> {
+        let name = spec.instance.as_str();
+        let Program::Process(command) = &spec.program else {
+            return Err(fail(
+                name,
+                "spawn",
+                "the process launcher runs commands, not VM images",
+            ));
+        };
+        let Some((program, args)) = command.split_first() else {
+            return Err(fail(name, "spawn", "empty command"));
+        };
+        let dir = self.base.make_dir(name)?;
+        let ns = Self::netns(name);
+        let dev = spec.vf.device.as_str();
+        if !Path::new("/run/netns").join(&ns).exists() {
+            ip(&["netns", "add", &ns]).map_err(|e| fail(name, "netns", e))?;
+        }
+        // After a crash the VF may already be there.
+        if ip(&["-n", &ns, "link", "show", dev]).is_err() {
+            ip(&["link", "set", dev, "netns", &ns]).map_err(|e| fail(name, "netns", e))?;
+        }
+        ip(&["-n", &ns, "link", "set", "lo", "up"]).map_err(|e| fail(name, "netns", e))?;
+        ip(&["-n", &ns, "link", "set", dev, "up"]).map_err(|e| fail(name, "netns", e))?;
+        let probe = self.probe_path(name);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, program])
+            .args(args)
+            .env("CHAINGATE_VF", dev)
+            .env("CHAINGATE_PROBE", format!("unix:{}", probe.display()));
+        self.base.spawn(name, cmd, &dir.join("log"))
+    }
+
+    fn alive(&self, instance: &str, handle: &Handle) -> bool {
+        self.base.alive(instance, handle)
+    }
+
+    fn probe(&self, instance: &str, timeout: Duration) -> Result<String, String> {
+        probe_socket(&self.probe_path(instance), timeout)
+    }
+
+    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<(), LaunchError> {
+        self.base.terminate(instance, timeout);
+        let ns = Self::netns(instance);
+        if Path::new("/run/netns").join(&ns).exists() {
+            // Give the VF back to the agent's namespace before the
+            // namespace goes: a veth left in it would be destroyed.
+            if ip(&["-n", &ns, "link", "show", &vf.device]).is_ok() {
+                let me = std::process::id().to_string();
+                ip(&["-n", &ns, "link", "set", &vf.device, "netns", &me])
+                    .map_err(|e| fail(instance, "stop", e))?;
+            }
+            ip(&["netns", "del", &ns]).map_err(|e| fail(instance, "stop", e))?;
+        }
+        let _ = fs::remove_dir_all(self.base.dir(instance));
+        Ok(())
+    }
+}
+
+/// Service VMs under QEMU.
+#[derive(Debug)]
+pub struct QemuLauncher {
+    base: Base,
+}
+
+impl QemuLauncher {
+    /// A launcher keeping its files under `run_dir`.
+    #[must_use]
+    pub fn new(run_dir: &Path) -> Self {
+        Self {
+            base: Base::new(run_dir),
+        }
+    }
+
+    /// A locally administered MAC for the instance's virtio NIC.
+    #[must_use]
+    pub fn mac(instance: &str) -> String {
+        // FNV-1a: stable across runs and hosts.
+        let h = instance.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let b = h.to_be_bytes();
+        format!("02:c6:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+    }
+
+    fn qmp(&self, instance: &str, command: &str) -> Result<(), String> {
+        let path = self.base.dir(instance).join("qmp.sock");
+        let stream = UnixStream::connect(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("QMP greeting: {e}"))?;
+        for cmd in ["qmp_capabilities", command] {
+            (&stream)
+                .write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+                .map_err(|e| format!("QMP {cmd}: {e}"))?;
+            loop {
+                line.clear();
+                if reader
+                    .read_line(&mut line)
+                    .map_err(|e| format!("QMP {cmd}: {e}"))?
+                    == 0
+                {
+                    // `quit` closes the socket as it answers.
+                    return Ok(());
+                }
+                if line.contains("\"return\"") {
+                    break;
+                }
+                if line.contains("\"error\"") {
+                    return Err(format!("QMP {cmd}: {}", line.trim()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VmLauncher for QemuLauncher {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn vf_kinds(&self) -> &'static [VfKind] {
+        &[VfKind::Pci, VfKind::Tap]
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Handle, LaunchError> {
+        let name = spec.instance.as_str();
+        let Program::Vm(image) = &spec.program else {
+            return Err(fail(
+                name,
+                "spawn",
+                "the qemu launcher runs VM images, not commands",
+            ));
+        };
+        let dir = self.base.make_dir(name)?;
+        for sock in ["probe.sock", "qmp.sock"] {
+            let _ = fs::remove_file(dir.join(sock));
+        }
+        let mut guest = Guest::new(&image.kernel, &image.initrd, &dir.join("console.log"));
+        guest.memory_mib = image.memory_mib;
+        guest.cpus = image.cpus;
+        guest.append = format!("chaingate.instance={name}");
+        guest.probe_socket = Some(dir.join("probe.sock"));
+        guest.qmp_socket = Some(dir.join("qmp.sock"));
+        guest.nics.push(match spec.vf_kind {
+            VfKind::Pci => Nic::Vfio(spec.vf.device.clone()),
+            VfKind::Tap | VfKind::Netdev => Nic::Tap {
+                ifname: spec.vf.device.clone(),
+                mac: Self::mac(name),
+            },
+        });
+        let handle = self
+            .base
+            .spawn(name, guest.command(), &dir.join("qemu.log"))?;
+        tracing::info!(
+            instance = name,
+            accel = qemu::accelerator(),
+            pid = handle.pid,
+            "QEMU started"
+        );
+        Ok(handle)
+    }
+
+    fn alive(&self, instance: &str, handle: &Handle) -> bool {
+        self.base.alive(instance, handle)
+    }
+
+    fn probe(&self, instance: &str, timeout: Duration) -> Result<String, String> {
+        probe_socket(&self.base.dir(instance).join("probe.sock"), timeout)
+    }
+
+    fn stop(&self, instance: &str, _vf: &VfRef, timeout: Duration) -> Result<(), LaunchError> {
+        // `quit` first: QEMU closes the VF (and the tap) itself; the
+        // signals are for a QEMU that does not answer.
+        if let Err(e) = self.qmp(instance, "quit") {
+            tracing::debug!(instance, error = %e, "QMP quit failed; signalling");
+        }
+        self.base.terminate(instance, timeout);
+        let _ = fs::remove_dir_all(self.base.dir(instance));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_local_unicast_and_stable() {
+        let a = QemuLauncher::mac("fw-0");
+        assert_eq!(a, QemuLauncher::mac("fw-0"));
+        assert_ne!(a, QemuLauncher::mac("fw-1"));
+        assert!(a.starts_with("02:"), "{a}");
+        assert_eq!(a.len(), 17);
+    }
+
+    #[test]
+    fn this_process_has_a_handle_and_a_recycled_pid_is_not_it() {
+        let me = proc_handle(std::process::id()).unwrap();
+        assert!(is_running(&me));
+        let other = Handle {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        assert!(!is_running(&other));
+    }
+
+    #[test]
+    fn scan_finds_processes_by_run_dir_and_instance() {
+        let run_dir = std::env::temp_dir().join(format!("chaingate-scan-{}", std::process::id()));
+        let launcher = ProcessLauncher::new(&run_dir);
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        fs::create_dir_all(&run_dir).unwrap();
+        let handle = launcher
+            .base
+            .spawn("svc-7", cmd, &run_dir.join("log"))
+            .unwrap();
+        // Until the new program has set up its stack, /proc shows no
+        // environment: a moment after spawn returns.
+        let mut found = scan(&run_dir);
+        for _ in 0..100 {
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            found = scan(&run_dir);
+        }
+        assert_eq!(found.get("svc-7"), Some(&handle));
+        assert_eq!(found.len(), 1);
+        // Another run directory sees nothing of it.
+        assert!(scan(&run_dir.join("other")).is_empty());
+        assert!(launcher.alive("svc-7", &handle));
+        launcher.base.terminate("svc-7", Duration::from_secs(2));
+        assert!(!launcher.alive("svc-7", &handle));
+        assert!(scan(&run_dir).is_empty());
+        fs::remove_dir_all(&run_dir).unwrap();
+    }
+}
