@@ -656,6 +656,7 @@ impl Supervisor {
         let service = desired.and_then(|g| g.services.iter().find(|s| s.name == record.service));
         match record.phase {
             Phase::Stopping => {
+                crash_point("stopping");
                 if let Err(e) = launcher.stop(&record.name, &record.vf, parts.options.stop_timeout)
                 {
                     tracing::warn!(instance = %record.name, error = %e, "stop failed; trying again");
@@ -674,6 +675,7 @@ impl Supervisor {
                         e.to_string(),
                     );
                 }
+                crash_point("stopped");
                 parts.store.remove_instance(&record.name)?;
                 self.last_probe.remove(&record.name);
                 self.probe_failures.remove(&record.name);
@@ -835,6 +837,7 @@ impl Supervisor {
         write_owner(&parts.run_dir, &record.name, launcher.kind(), &record.vf);
         match launcher.launch(&spec) {
             Ok(handle) => {
+                crash_point("launched");
                 let pid = handle.pid;
                 record.handle = Some(handle);
                 record.launches += 1;
@@ -986,7 +989,10 @@ impl Supervisor {
             .store
             .new_instance(&service.name, vf.vf, kind, now_ms())
         {
-            Ok(record) => self.start(record, Some(service)),
+            Ok(record) => {
+                crash_point("recorded");
+                self.start(record, Some(service));
+            }
             Err(e) => tracing::error!(error = %e, "could not record a new instance"),
         }
     }
@@ -1024,6 +1030,24 @@ impl Supervisor {
         );
         parts.dpu.set_desired(config);
         Ok(())
+    }
+}
+
+/// A test hook: with `CHAINGATE_CRASH_AT=POINT` in its environment the
+/// agent aborts at that step, leaving its state as a power cut or a
+/// SIGKILL there would. The points: `recorded` (a new instance is
+/// recorded, not launched), `launched` (launched, its handle not
+/// recorded), `stopping` (marked stopping, not stopped), `stopped`
+/// (stopped and its VF released, the record not removed).
+fn crash_point(point: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("CHAINGATE_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        tracing::error!(point, "CHAINGATE_CRASH_AT: aborting");
+        std::process::abort();
     }
 }
 

@@ -7,7 +7,7 @@
 //!   captured to a file, a QMP socket for status and shutdown, the probe on
 //!   the VM's second serial port.
 //! - [`ProcessLauncher`]: the service function as a process in its own
-//!   network namespace (`cg-INSTANCE`) with its VF (a veth end) moved
+//!   network namespace (`cg-HASH-INSTANCE`) with its VF (a veth end) moved
 //!   there: fast tests and the demo.
 //!
 //! Each instance has a directory `RUN_DIR/instances/NAME/` (logs, sockets).
@@ -392,10 +392,21 @@ impl ProcessLauncher {
         }
     }
 
-    /// The instance's network namespace.
+    /// The instance's network namespace: `cg-RUNDIR-INSTANCE`, where
+    /// RUNDIR is a short hash of the run directory, so that two agents on
+    /// one host (two test rigs) never share a name.
     #[must_use]
-    pub fn netns(instance: &str) -> String {
-        format!("cg-{instance}")
+    pub fn netns(&self, instance: &str) -> String {
+        let h = self
+            .base
+            .run_dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+            });
+        format!("cg-{h:08x}-{instance}")
     }
 
     fn probe_path(&self, instance: &str) -> PathBuf {
@@ -425,7 +436,7 @@ impl VmLauncher for ProcessLauncher {
             return Err(fail(name, "spawn", "empty command"));
         };
         let dir = self.base.make_dir(name)?;
-        let ns = Self::netns(name);
+        let ns = self.netns(name);
         let dev = spec.vf.device.as_str();
         if !Path::new("/run/netns").join(&ns).exists() {
             ip(&["netns", "add", &ns]).map_err(|e| fail(name, "netns", e))?;
@@ -455,7 +466,7 @@ impl VmLauncher for ProcessLauncher {
 
     fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<(), LaunchError> {
         self.base.terminate(instance, timeout);
-        let ns = Self::netns(instance);
+        let ns = self.netns(instance);
         if Path::new("/run/netns").join(&ns).exists() {
             // Give the VF back to the agent's namespace before the
             // namespace goes: a veth left in it would be destroyed.

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -27,23 +27,7 @@ pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("DPU_FW_BIN") {
         return p.into();
     }
-    // target/<profile>/deps/<test> -> target/<profile>/dpu-fw
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("a test binary lives in target/<profile>/deps");
-    let bin = dir.join("dpu-fw");
-    if !bin.exists() {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "-q", "-p", "dpu-fw", "--bin", "dpu-fw"]);
-        if dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "cannot build dpu-fw");
-    }
-    bin
+    crate::workspace_binary("dpu-fw", "dpu-fw")
 }
 
 /// A running `dpu-fw`.

@@ -14,6 +14,7 @@
 //! lets a test step aside for an unprivileged developer, and fails it in
 //! CI (`CHAINGATE_REQUIRE_NETNS=1`), where skipping would hide a defect.
 
+pub mod agent;
 pub mod dpu;
 pub mod endpoint;
 pub mod frames;
@@ -21,6 +22,33 @@ pub mod labrig;
 pub mod netns;
 pub mod reflector;
 pub mod topology;
+
+/// A binary of this workspace, beside the running test's profile
+/// (`target/<profile>/NAME`), built first if it is not there yet.
+///
+/// # Panics
+/// If it cannot be built.
+#[must_use]
+pub fn workspace_binary(package: &str, name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("a test binary lives in target/<profile>/deps");
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let mut cargo =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "-q", "-p", package, "--bin", name]);
+        if dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "cannot build {name}");
+    }
+    bin
+}
 
 /// True when the rig can run (root). Without root it prints why the test
 /// does nothing, or panics when `CHAINGATE_REQUIRE_NETNS` is set.

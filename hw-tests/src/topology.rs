@@ -130,6 +130,62 @@ impl Topology {
         run("ip", &["-n", &self.netns, "link", "set", &link.outer, "up"])?;
         Ok(link)
     }
+
+    /// Adds a veth pair with both ends in the root namespace: a VF for the
+    /// host agent, which moves `outer` into the namespace of the instance
+    /// it launches there, and `inner` for `dpu-fw`. Removed like the
+    /// others (deleting `inner` removes the pair wherever `outer` is).
+    ///
+    /// # Errors
+    /// An `ip` command failed.
+    pub fn host_link(&mut self, name: &str) -> io::Result<Link> {
+        let link = Link {
+            inner: format!("{}i{name}", self.prefix),
+            outer: format!("{}h{name}", self.prefix),
+        };
+        if link.inner.len() > 15 {
+            return Err(io::Error::other(format!(
+                "interface name {} is too long",
+                link.inner
+            )));
+        }
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &link.inner,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &link.outer,
+            ],
+        )?;
+        self.links.push(link.clone());
+        for end in [&link.inner, &link.outer] {
+            disable_ipv6(None, end)?;
+            run("ip", &["link", "set", end, "up"])?;
+        }
+        Ok(link)
+    }
+
+    /// Adds a tap device in the root namespace (a VF's stand-in for a
+    /// QEMU instance). Removed on drop.
+    ///
+    /// # Errors
+    /// An `ip` command failed.
+    pub fn tap(&mut self, name: &str) -> io::Result<String> {
+        let tap = format!("{}t{name}", self.prefix);
+        run("ip", &["tuntap", "add", "mode", "tap", "name", &tap])?;
+        self.links.push(Link {
+            inner: tap.clone(),
+            outer: tap.clone(),
+        });
+        disable_ipv6(None, &tap)?;
+        run("ip", &["link", "set", &tap, "up"])?;
+        Ok(tap)
+    }
 }
 
 impl Drop for Topology {
@@ -163,7 +219,9 @@ fn sweep_stale() {
         if let Ok(links) = std::fs::read_dir("/sys/class/net") {
             for l in links.flatten() {
                 let ifname = l.file_name().to_string_lossy().into_owned();
-                if ifname.starts_with(&format!("{prefix}i")) {
+                if ifname.starts_with(&format!("{prefix}i"))
+                    || ifname.starts_with(&format!("{prefix}t"))
+                {
                     let _ = run("ip", &["link", "del", &ifname]);
                 }
             }

@@ -1,0 +1,307 @@
+//! The host agent as a process of the test: `chaingate-agent` with a
+//! configuration, state and run directory of its own, driven through the
+//! `chaingate` CLI as an operator would.
+//!
+//! Instances outlive their agent by design; dropping an [`AgentProc`]
+//! stops the agent and then every instance of its run directory (moving
+//! VFs back, removing namespaces), so nothing is left behind, also when
+//! the test fails.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chaingate_agent::launcher::{self, ProcessLauncher, QemuLauncher, VmLauncher};
+use chaingate_agent::vf::VfRef;
+use serde_json::Value;
+
+use crate::workspace_binary;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The `chaingate-service` binary of this build.
+#[must_use]
+pub fn service_binary() -> PathBuf {
+    workspace_binary("chaingate-services", "chaingate-service")
+}
+
+/// A running (or killed) `chaingate-agent`.
+#[derive(Debug)]
+pub struct AgentProc {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    /// The scratch directory (state, sockets, logs).
+    pub dir: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// The instances' run directory.
+    pub run_dir: PathBuf,
+    /// The metrics address.
+    pub metrics: SocketAddr,
+}
+
+impl AgentProc {
+    /// Starts an agent talking to the DPU at `dpu`, with `vfs` (YAML flow
+    /// list items, `{ port: vf0, netdev: x }`) and `extra` configuration.
+    ///
+    /// # Errors
+    /// It does not come up (its log is in the error).
+    pub fn start(dpu: &str, vfs: &[String], extra: &str) -> io::Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cg-agent-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let socket = dir.join("agent.sock");
+        let run_dir = dir.join("run");
+        let mut text = format!(
+            "socket: {}\nstate: {}\nrun_dir: {}\ndpu: \"{dpu}\"\nmetrics: \"{metrics}\"\n\
+             probe: {{ interval: 200ms, timeout: 1s, start_timeout: 30s, failures: 2 }}\nstop_timeout: 3s\nvfs:\n",
+            socket.display(),
+            dir.join("state.redb").display(),
+            run_dir.display(),
+        );
+        for v in vfs {
+            text.push_str(&format!("  - {v}\n"));
+        }
+        if vfs.is_empty() {
+            text = text.replace("vfs:\n", "vfs: []\n");
+        }
+        text.push_str(extra);
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, text)?;
+        let mut agent = Self {
+            child: None,
+            config,
+            log: dir.join("agent.log"),
+            dir,
+            socket,
+            run_dir,
+            metrics,
+        };
+        agent.spawn(&[])?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process again (after [`Self::kill`]), with `env`
+    /// added (`CHAINGATE_CRASH_AT`), and waits until it serves, or exits.
+    ///
+    /// # Errors
+    /// It exits before serving, or does not serve in time.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(workspace_binary("chaingate-agent", "chaingate-agent"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env_remove("CHAINGATE_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(io::Error::other(format!(
+                    "the agent exited ({status}):\n{}",
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other(format!(
+            "the agent did not serve within 20 s:\n{}",
+            self.log()
+        )))
+    }
+
+    /// SIGKILLs the agent (its instances keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the agent to exit by itself (a crash point).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The agent's log.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `chaingate --socket S ARGS...`.
+    ///
+    /// # Panics
+    /// If the CLI cannot run.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(workspace_binary("chaingate-agent", "chaingate"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("chaingate runs")
+    }
+
+    /// Runs the CLI and returns its standard output.
+    ///
+    /// # Panics
+    /// If it fails.
+    #[must_use]
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "chaingate {args:?} failed: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `chaingate --json status`.
+    ///
+    /// # Panics
+    /// If it fails.
+    #[must_use]
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.cli_ok(&["--json", "status"])).expect("status is JSON")
+    }
+
+    /// Waits until `ok` holds for the status, and returns it.
+    ///
+    /// # Panics
+    /// If it does not within `within` (with the last status and the log).
+    pub fn wait_for(&self, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.status();
+            if ok(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what}: not within {within:?}\nlast status: {last:#}\nagent log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The `chaingate --json events` kinds, in order.
+    #[must_use]
+    pub fn event_kinds(&self) -> Vec<String> {
+        self.cli_ok(&["--json", "events"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Stops every instance of the run directory (after the agent is gone).
+    pub fn stop_instances(&self) {
+        let process = ProcessLauncher::new(&self.run_dir);
+        let qemu = QemuLauncher::new(&self.run_dir);
+        for name in launcher::scan(&self.run_dir).into_keys() {
+            let owner = std::fs::read_to_string(
+                self.run_dir
+                    .join("instances")
+                    .join(&name)
+                    .join("owner.json"),
+            )
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+            let kind = owner
+                .as_ref()
+                .and_then(|o| o["launcher"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let vf: VfRef = owner
+                .and_then(|o| serde_json::from_value(o["vf"].clone()).ok())
+                .unwrap_or(VfRef {
+                    port: String::new(),
+                    device: String::new(),
+                });
+            let l: &dyn VmLauncher = if kind == "qemu" { &qemu } else { &process };
+            let _ = l.stop(&name, &vf, Duration::from_secs(2));
+        }
+    }
+}
+
+/// The instances of a status, by phase (`"active"`).
+#[must_use]
+pub fn instances_in(status: &Value, phase: &str) -> Vec<String> {
+    status["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["phase"] == phase)
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pid in an instance's status (`handle: "pid N"`).
+#[must_use]
+pub fn pid_of(status: &Value, instance: &str) -> Option<u32> {
+    status["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == instance)?["handle"]
+        .as_str()?
+        .strip_prefix("pid ")?
+        .parse()
+        .ok()
+}
+
+/// Whether a network device is in this (the root) namespace.
+#[must_use]
+pub fn device_here(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop_instances();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
