@@ -285,3 +285,57 @@ fn the_operator_api_refuses_bad_requests_and_changes_nothing() {
     }
     assert!(http_get(agent.metrics, "/").starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn a_vf_that_fails_its_vfio_check_is_reported_and_not_used() {
+    // A sysfs tree with one VF already on vfio-pci, and no VFIO device
+    // nodes: the check fails at the container, as on a host without VFIO.
+    let tree = std::env::temp_dir().join(format!("cg-agent-sysfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tree);
+    let vf = tree.join("sys/bus/pci/devices/0000:03:10.0");
+    std::fs::create_dir_all(&vf).unwrap();
+    std::fs::create_dir_all(tree.join("sys/bus/pci/drivers/vfio-pci")).unwrap();
+    std::fs::create_dir_all(tree.join("sys/kernel/iommu_groups/7/devices")).unwrap();
+    std::fs::create_dir_all(tree.join("dev")).unwrap();
+    std::os::unix::fs::symlink("../../drivers/vfio-pci", vf.join("driver")).unwrap();
+    std::os::unix::fs::symlink("../../../kernel/iommu_groups/7", vf.join("iommu_group")).unwrap();
+    let extra = format!(
+        "sysfs: {}\ndevfs: {}\n",
+        tree.join("sys").display(),
+        tree.join("dev").display()
+    );
+    let agent = AgentProc::start(
+        NO_DPU,
+        &["{ port: pf0vf0, pci: \"0000:03:10.0\" }".to_owned()],
+        &extra,
+    )
+    .unwrap();
+    let vm = gateway().replace(
+        &format!("process: [\"{}\", monitor]", service_binary().display()),
+        "vm: { kernel: /nonexistent/vmlinuz, initrd: /nonexistent/monitor.img }",
+    );
+    let out = apply(&agent, "vm.yaml", &vm);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut events = String::new();
+    while std::time::Instant::now() < deadline && !events.contains("provisioning_failed") {
+        std::thread::sleep(Duration::from_millis(100));
+        events = agent.cli_ok(&["events"]);
+    }
+    assert!(
+        events
+            .contains("0000:03:10.0: open VFIO container: no VFIO on this host: modprobe vfio-pci"),
+        "{events}"
+    );
+    assert!(
+        agent.status()["instances"].as_array().unwrap().is_empty(),
+        "nothing launched"
+    );
+    let metrics = http_get(agent.metrics, "/metrics");
+    assert!(
+        metrics.contains("chaingate_provisioning_failures_total{service=\"mon\",step=\"vf\"}"),
+        "{metrics}"
+    );
+    drop(agent);
+    std::fs::remove_dir_all(&tree).unwrap();
+}

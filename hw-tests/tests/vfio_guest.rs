@@ -8,78 +8,24 @@
 //! `ensure_vm_tools`); without them the test says so and passes, unless
 //! CHAINGATE_REQUIRE_VM=1 (CI) makes the absence a failure.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use chaingate_agent::image::GuestKit;
 use chaingate_agent::qemu::{self, Guest};
+use chaingate_hw_tests::vm::{require_vm, static_build};
 
 const MARKER: &str = "CHAINGATE-GUEST-RESULT=";
 
-fn vm_tools() -> Option<GuestKit> {
-    let igb = Command::new(qemu::binary())
-        .args(["-device", "help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"igb\""));
-    let kit = GuestKit::from_env();
-    match (igb, kit) {
-        (true, Ok(kit)) => Some(kit),
-        (igb, kit) => {
-            let why = format!(
-                "VM tools missing (QEMU with igb: {igb}; guest kit: {})",
-                kit.err().map_or_else(|| "ok".to_owned(), |e| e.to_string())
-            );
-            assert!(std::env::var_os("CHAINGATE_REQUIRE_VM").is_none(), "{why}");
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-/// Builds `chaingate-provision`'s in-guest tests as a static binary.
-fn static_test_binary() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(env!("CARGO"))
-        .current_dir(workspace)
-        .args([
-            "test",
-            "-p",
-            "chaingate-provision",
-            "--test",
-            "in_guest",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .args(["--target", "x86_64-unknown-linux-gnu"])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", workspace.join("target/guest"))
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "static build failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("\"executable\":\"/"))
-        .filter_map(|l| {
-            let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
-            Some(PathBuf::from(&l[at..at + l[at..].find('"')?]))
-        })
-        .next_back()
-        .expect("cargo names the test executable")
-}
-
 #[test]
 fn a_vf_is_provisioned_through_vfio_in_a_guest() {
-    if std::env::consts::ARCH != "x86_64" {
-        eprintln!("skipped: the guest is x86_64");
-        return;
-    }
-    let Some(kit) = vm_tools() else { return };
-    let binary = static_test_binary();
+    let Some(kit) = require_vm() else { return };
+    let binary = static_build(&[
+        "test",
+        "-p",
+        "chaingate-provision",
+        "--test",
+        "in_guest",
+        "--no-run",
+    ]);
     let work = std::env::temp_dir().join(format!("chaingate-vfio-guest-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
 
