@@ -881,20 +881,7 @@ impl Supervisor {
             .filter(|r| !wanted.contains(r.service.as_str()))
         {
             if matches!(r.phase, Phase::Active | Phase::Starting) {
-                let mut r = r.clone();
-                r.phase = if r.phase == Phase::Active {
-                    Phase::Draining
-                } else {
-                    Phase::Stopping
-                };
-                r.since_ms = now_ms();
-                parts.store.put_instance(&r)?;
-                self.shared.event(
-                    "drain_started",
-                    &r.service,
-                    &r.name,
-                    "its service left the configuration".into(),
-                );
+                self.retire(r.clone(), "its service left the configuration".into())?;
             }
         }
         let Some(gateway) = desired else {
@@ -924,22 +911,24 @@ impl Supervisor {
             } else if count > target {
                 // The newest goes first: the oldest hold the most sessions.
                 live.sort_by_key(|r| (r.since_ms, r.name.clone()));
-                let mut r = (*live.last().expect("count > 0")).clone();
-                r.phase = if r.phase == Phase::Active {
-                    Phase::Draining
-                } else {
-                    Phase::Stopping
-                };
-                r.since_ms = now_ms();
-                parts.store.put_instance(&r)?;
-                self.shared.event(
-                    "drain_started",
-                    &r.service,
-                    &r.name,
-                    format!("{count} instances, target {target}"),
-                );
+                let r = (*live.last().expect("count > 0")).clone();
+                self.retire(r, format!("{count} instances, target {target}"))?;
             }
         }
+        Ok(())
+    }
+
+    /// Takes an instance out of service: an active one drains, one still
+    /// starting (not on the DPU) stops at once.
+    fn retire(&self, mut r: InstanceRecord, why: String) -> Result<(), StoreError> {
+        r.phase = if r.phase == Phase::Active {
+            Phase::Draining
+        } else {
+            Phase::Stopping
+        };
+        r.since_ms = now_ms();
+        self.shared.parts.store.put_instance(&r)?;
+        self.shared.event("drain_started", &r.service, &r.name, why);
         Ok(())
     }
 

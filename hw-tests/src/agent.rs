@@ -29,6 +29,30 @@ pub fn service_binary() -> PathBuf {
     workspace_binary("chaingate-services", "chaingate-service")
 }
 
+/// A gateway file for the agent: lan, wan, one service `mon` of
+/// `capacity` with `scaling` (YAML flow map), run as a
+/// `chaingate-service monitor` process, and one chain `web` through it
+/// that every connection takes.
+#[must_use]
+pub fn monitor_gateway(capacity: &str, scaling: &str) -> String {
+    format!(
+        "ports:
+  - {{ name: lan, role: lan }}
+  - {{ name: wan, role: wan }}
+services:
+  - name: mon
+    capacity: {capacity}
+    scaling: {scaling}
+    launch: {{ process: [\"{}\", monitor] }}
+chains:
+  - {{ name: web, services: [mon] }}
+policies:
+  - {{ priority: 10, action: {{ chain: web }} }}
+",
+        service_binary().display()
+    )
+}
+
 /// A running (or killed) `chaingate-agent`.
 #[derive(Debug)]
 pub struct AgentProc {
@@ -109,28 +133,11 @@ impl AgentProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn()?);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if UnixStream::connect(&self.socket).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(io::Error::other(format!(
-                    "the agent exited ({status}):\n{}",
-                    self.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(io::Error::other(format!(
-            "the agent did not serve within 20 s:\n{}",
-            self.log()
-        )))
+        let child = self.child.insert(cmd.spawn()?);
+        let socket = self.socket.clone();
+        crate::wait_ready(child, "the agent", &self.log, || {
+            UnixStream::connect(&socket).is_ok()
+        })
     }
 
     /// SIGKILLs the agent (its instances keep running).

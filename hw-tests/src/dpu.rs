@@ -100,29 +100,14 @@ impl DpuFw {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(io::Error::other(format!(
-                    "dpu-fw exited ({status}) before listening:\n{}",
-                    self.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(io::Error::other(format!(
-            "dpu-fw did not listen on {} within 20 s:\n{}",
-            self.addr,
-            self.log()
-        )))
+        let addr = self.addr;
+        let child = self.child.insert(child);
+        crate::wait_ready(
+            child,
+            &format!("dpu-fw (control on {addr})"),
+            &self.log,
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        )
     }
 
     /// Its log so far.

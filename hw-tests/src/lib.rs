@@ -51,6 +51,37 @@ pub fn workspace_binary(package: &str, name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// Waits (up to 20 s) until `ready()` holds for a process just started,
+/// or it exits; `what` and its log make the error.
+///
+/// # Errors
+/// It exited first, or was not ready in time.
+pub fn wait_ready(
+    child: &mut std::process::Child,
+    what: &str,
+    log: &std::path::Path,
+    mut ready: impl FnMut() -> bool,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    while std::time::Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(std::io::Error::other(format!(
+                "{what} exited ({status}) before it was ready:\n{}",
+                log()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(std::io::Error::other(format!(
+        "{what} was not ready within 20 s:\n{}",
+        log()
+    )))
+}
+
 /// True when the rig can run (root). Without root it prints why the test
 /// does nothing, or panics when `CHAINGATE_REQUIRE_NETNS` is set.
 ///

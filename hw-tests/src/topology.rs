@@ -98,37 +98,8 @@ impl Topology {
     /// # Errors
     /// An `ip` command failed.
     pub fn link(&mut self, name: &str) -> io::Result<Link> {
-        let link = Link {
-            inner: format!("{}i{name}", self.prefix),
-            outer: format!("{}o{name}", self.prefix),
-        };
-        if link.inner.len() > 15 {
-            return Err(io::Error::other(format!(
-                "interface name {} is too long",
-                link.inner
-            )));
-        }
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &link.inner,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &link.outer,
-                "netns",
-                &self.netns,
-            ],
-        )?;
-        self.links.push(link.clone());
-        disable_ipv6(None, &link.inner)?;
-        disable_ipv6(Some(&self.netns), &link.outer)?;
-        run("ip", &["link", "set", &link.inner, "up"])?;
-        run("ip", &["-n", &self.netns, "link", "set", &link.outer, "up"])?;
-        Ok(link)
+        let netns = self.netns.clone();
+        self.veth(name, 'o', Some(&netns))
     }
 
     /// Adds a veth pair with both ends in the root namespace: a VF for the
@@ -139,9 +110,13 @@ impl Topology {
     /// # Errors
     /// An `ip` command failed.
     pub fn host_link(&mut self, name: &str) -> io::Result<Link> {
+        self.veth(name, 'h', None)
+    }
+
+    fn veth(&mut self, name: &str, outer_tag: char, outer_ns: Option<&str>) -> io::Result<Link> {
         let link = Link {
             inner: format!("{}i{name}", self.prefix),
-            outer: format!("{}h{name}", self.prefix),
+            outer: format!("{}{outer_tag}{name}", self.prefix),
         };
         if link.inner.len() > 15 {
             return Err(io::Error::other(format!(
@@ -149,23 +124,27 @@ impl Topology {
                 link.inner
             )));
         }
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &link.inner,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &link.outer,
-            ],
-        )?;
+        let mut args = vec![
+            "link",
+            "add",
+            &link.inner,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.outer,
+        ];
+        if let Some(ns) = outer_ns {
+            args.extend(["netns", ns]);
+        }
+        run("ip", &args)?;
         self.links.push(link.clone());
-        for end in [&link.inner, &link.outer] {
-            disable_ipv6(None, end)?;
-            run("ip", &["link", "set", end, "up"])?;
+        disable_ipv6(None, &link.inner)?;
+        disable_ipv6(outer_ns, &link.outer)?;
+        run("ip", &["link", "set", &link.inner, "up"])?;
+        match outer_ns {
+            Some(ns) => run("ip", &["-n", ns, "link", "set", &link.outer, "up"])?,
+            None => run("ip", &["link", "set", &link.outer, "up"])?,
         }
         Ok(link)
     }

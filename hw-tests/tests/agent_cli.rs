@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use chaingate_hw_tests::agent::{AgentProc, instances_in, service_binary};
+use chaingate_hw_tests::agent::{AgentProc, instances_in, monitor_gateway, service_binary};
 use chaingate_hw_tests::topology::Topology;
 use chaingate_hw_tests::{require_root, workspace_binary};
 use serde_json::Value;
@@ -17,22 +17,7 @@ use serde_json::Value;
 const NO_DPU: &str = "127.0.0.1:9";
 
 fn gateway() -> String {
-    format!(
-        "ports:
-  - {{ name: lan, role: lan }}
-  - {{ name: wan, role: wan }}
-services:
-  - name: mon
-    capacity: 2Gbit
-    scaling: {{ min: 1, max: 2 }}
-    launch: {{ process: [\"{}\", monitor] }}
-chains:
-  - {{ name: web, services: [mon] }}
-policies:
-  - {{ priority: 10, action: {{ chain: web }} }}
-",
-        service_binary().display()
-    )
+    monitor_gateway("2Gbit", "{ min: 1, max: 2 }")
 }
 
 fn stderr(out: &std::process::Output) -> String {

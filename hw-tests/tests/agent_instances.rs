@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use chaingate_agent::launcher::probe_socket;
-use chaingate_hw_tests::agent::{AgentProc, device_here, instances_in, pid_of, service_binary};
+use chaingate_hw_tests::agent::{AgentProc, device_here, instances_in, monitor_gateway, pid_of};
 use chaingate_hw_tests::dpu::DpuFw;
 use chaingate_hw_tests::endpoint::Endpoint;
 use chaingate_hw_tests::frames::{assert_same, udp};
@@ -20,22 +20,7 @@ use chaingate_hw_tests::topology::Topology;
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 
 fn gateway() -> String {
-    format!(
-        "ports:
-  - {{ name: lan, role: lan }}
-  - {{ name: wan, role: wan }}
-services:
-  - name: mon
-    capacity: 1Gbit
-    scaling: {{ min: 1, max: 3, drain_timeout: 2s }}
-    launch: {{ process: [\"{}\", monitor] }}
-chains:
-  - {{ name: web, services: [mon] }}
-policies:
-  - {{ priority: 10, action: {{ chain: web }} }}
-",
-        service_binary().display()
-    )
+    monitor_gateway("1Gbit", "{ min: 1, max: 3, drain_timeout: 2s }")
 }
 
 fn flows(tag: u8) -> Vec<Vec<u8>> {

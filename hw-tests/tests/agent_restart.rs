@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chaingate_agent::launcher::scan;
-use chaingate_hw_tests::agent::{AgentProc, device_here, instances_in, pid_of, service_binary};
+use chaingate_hw_tests::agent::{AgentProc, device_here, instances_in, monitor_gateway, pid_of};
 use chaingate_hw_tests::require_root;
 use chaingate_hw_tests::topology::{Link, Topology};
 use serde_json::Value;
@@ -18,21 +18,9 @@ use serde_json::Value;
 const NO_DPU: &str = "127.0.0.1:9";
 
 fn gateway(min: u16) -> String {
-    format!(
-        "ports:
-  - {{ name: lan, role: lan }}
-  - {{ name: wan, role: wan }}
-services:
-  - name: mon
-    capacity: 1Gbit
-    scaling: {{ min: {min}, max: 3, drain_timeout: 1s }}
-    launch: {{ process: [\"{}\", monitor] }}
-chains:
-  - {{ name: web, services: [mon] }}
-policies:
-  - {{ priority: 10, action: {{ chain: web }} }}
-",
-        service_binary().display()
+    monitor_gateway(
+        "1Gbit",
+        &format!("{{ min: {min}, max: 3, drain_timeout: 1s }}"),
     )
 }
 
