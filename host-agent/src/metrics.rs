@@ -46,50 +46,35 @@ pub fn render(agent: &Agent) -> String {
         .map(|t| t.instances.clone())
         .unwrap_or_default();
 
-    family(
-        &mut out,
-        "chaingate_instance_bps",
-        "gauge",
-        "Smoothed load of an instance, bits per second, as the DPU measures it.",
-    );
-    for l in &loads {
-        let _ = writeln!(
-            out,
-            "chaingate_instance_bps{{instance=\"{}\",service=\"{}\"}} {}",
-            label(&l.instance),
-            label(&l.service),
-            l.bps
-        );
-    }
-    family(
-        &mut out,
-        "chaingate_instance_utilisation",
-        "gauge",
-        "Load of an instance as a share of its capacity (1 is full).",
-    );
-    for l in &loads {
-        let _ = writeln!(
-            out,
-            "chaingate_instance_utilisation{{instance=\"{}\",service=\"{}\"}} {}",
-            label(&l.instance),
-            label(&l.service),
-            l.utilisation
-        );
-    }
-    family(
-        &mut out,
-        "chaingate_instance_sessions",
-        "gauge",
-        "Sessions that use an instance.",
-    );
-    for l in &loads {
-        let _ = writeln!(
-            out,
-            "chaingate_instance_sessions{{instance=\"{}\",service=\"{}\"}} {}",
-            label(&l.instance),
-            label(&l.service),
-            l.sessions
-        );
+    type Field = fn(&chaingate_proto::dpu::InstanceLoad) -> f64;
+    let per_instance: [(&str, &str, Field); 3] = [
+        (
+            "chaingate_instance_bps",
+            "Smoothed load of an instance, bits per second, as the DPU measures it.",
+            |l| l.bps,
+        ),
+        (
+            "chaingate_instance_utilisation",
+            "Load of an instance as a share of its capacity (1 is full).",
+            |l| l.utilisation,
+        ),
+        (
+            "chaingate_instance_sessions",
+            "Sessions that use an instance.",
+            |l| l.sessions as f64,
+        ),
+    ];
+    for (name, help, field) in per_instance {
+        family(&mut out, name, "gauge", help);
+        for l in &loads {
+            let _ = writeln!(
+                out,
+                "{name}{{instance=\"{}\",service=\"{}\"}} {}",
+                label(&l.instance),
+                label(&l.service),
+                field(l)
+            );
+        }
     }
 
     let records = agent.store().instances().unwrap_or_default();

@@ -24,6 +24,17 @@ fn gateway(min: u16) -> String {
     )
 }
 
+/// An agent with `vfs` VFs, its configuration applied with `min`
+/// instances, once they are active.
+fn running(topo: &mut Topology, vfs: usize, min: u16) -> (AgentProc, Vec<Link>, Value) {
+    let (links, list) = rig(topo, vfs);
+    let agent = AgentProc::start(NO_DPU, &list, "").unwrap();
+    assert!(apply(&agent, &gateway(min)).status.success());
+    let status = steady(&agent, usize::from(min));
+    assert_sound(&agent, &status, usize::from(min), &links);
+    (agent, links, status)
+}
+
 fn rig(topo: &mut Topology, n: usize) -> (Vec<Link>, Vec<String>) {
     let vfs: Vec<Link> = (0..n)
         .map(|i| topo.host_link(&format!("vf{i}")).unwrap())
@@ -81,11 +92,7 @@ fn sigkill_adopts_running_instances_and_relaunches_missing_ones() {
         return;
     }
     let mut topo = Topology::new().unwrap();
-    let (vfs, list) = rig(&mut topo, 3);
-    let mut agent = AgentProc::start(NO_DPU, &list, "").unwrap();
-    assert!(apply(&agent, &gateway(2)).status.success());
-    let before = steady(&agent, 2);
-    assert_sound(&agent, &before, 2, &vfs);
+    let (mut agent, vfs, before) = running(&mut topo, 3, 2);
 
     // SIGKILL, restart: both adopted, the very same processes.
     agent.kill();
@@ -166,10 +173,7 @@ fn a_crash_at_any_stop_step_ends_with_the_instance_gone() {
     }
     for point in ["stopping", "stopped"] {
         let mut topo = Topology::new().unwrap();
-        let (vfs, list) = rig(&mut topo, 2);
-        let mut agent = AgentProc::start(NO_DPU, &list, "").unwrap();
-        assert!(apply(&agent, &gateway(1)).status.success());
-        steady(&agent, 1);
+        let (mut agent, vfs, _) = running(&mut topo, 2, 1);
         let _ = agent.cli_ok(&["scale", "mon", "2"]);
         steady(&agent, 2);
         agent.kill();
@@ -193,10 +197,7 @@ fn an_instance_the_store_does_not_know_is_stopped() {
         return;
     }
     let mut topo = Topology::new().unwrap();
-    let (vfs, list) = rig(&mut topo, 2);
-    let mut agent = AgentProc::start(NO_DPU, &list, "").unwrap();
-    assert!(apply(&agent, &gateway(1)).status.success());
-    steady(&agent, 1);
+    let (mut agent, vfs, _) = running(&mut topo, 2, 1);
     // The state is lost (a new disk, say): mon-0 runs with no record.
     agent.kill();
     std::fs::remove_file(agent.dir.join("state.redb")).unwrap();
