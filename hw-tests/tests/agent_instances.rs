@@ -163,6 +163,21 @@ fn instances_launch_scale_drain_and_are_replaced() {
         "{replacement} carries the new sessions"
     );
 
+    // A figure for the reader, not a check: launch to healthy, mon-0.
+    let events: Vec<serde_json::Value> = agent
+        .cli_ok(&["--json", "events"])
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let at = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["instance"] == "mon-0")
+            .and_then(|e| e["at_ms"].as_u64())
+    };
+    if let (Some(a), Some(b)) = (at("instance_launched"), at("instance_ready")) {
+        eprintln!("process instance: launched to healthy in {} ms", b - a);
+    }
     let kinds = agent.event_kinds();
     for want in [
         "config_applied",

@@ -71,6 +71,7 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
     // One boot in a dozen stalls under TCG (notes/vm-rig.md): one retry.
     let mut answer = None;
     for _ in 0..2 {
+        let started = Instant::now();
         let handle = launcher.launch(&spec).unwrap();
         assert!(launcher.alive("vmmon-0", &handle));
         assert_eq!(
@@ -80,6 +81,12 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
         );
         answer = wait_probe(&launcher, "vmmon-0", Duration::from_secs(90));
         if answer.is_some() {
+            // A figure for the reader, not a check: machines differ.
+            eprintln!(
+                "launch to first probe answer: {:.1} s ({})",
+                started.elapsed().as_secs_f64(),
+                chaingate_agent::qemu::accelerator()
+            );
             break;
         }
         let console = std::fs::read_to_string(run_dir.join("instances/vmmon-0/console.log"))
