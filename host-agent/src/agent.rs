@@ -38,6 +38,7 @@ use tokio::sync::broadcast;
 use crate::config::{ProbeConfig, ms};
 use crate::dpu::DpuClient;
 use crate::launcher::{self, LaunchSpec, Program, VmImage, VmLauncher};
+use crate::scaler::{Decision, Load, Policy, Scaler};
 use crate::store::{EventRecord, InstanceRecord, Phase, Store, StoreError};
 use crate::vf::{VfPool, VfRef};
 
@@ -53,8 +54,11 @@ pub struct Options {
     /// How often processes are scanned for orphans.
     pub orphan_scan: Duration,
     /// Wait after a failed provisioning or launch before the next try for
-    /// the same service.
+    /// the same service; doubled at each failure in a row, up to
+    /// `retry_max`.
     pub retry_after: Duration,
+    /// The longest wait between two tries.
+    pub retry_max: Duration,
 }
 
 impl Default for Options {
@@ -64,7 +68,8 @@ impl Default for Options {
             stop_timeout: Duration::from_secs(10),
             tick: Duration::from_millis(200),
             orphan_scan: Duration::from_secs(5),
-            retry_after: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct Counters {
     pub provisioning_failures: Mutex<BTreeMap<(String, String), u64>>,
     /// Supervisor passes.
     pub ticks: AtomicU64,
+    /// Scale-out reaction times per service: (last, sum, count), seconds.
+    pub reactions: Mutex<BTreeMap<String, (f64, f64, u64)>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<(String, String), u64>>, a: &str, b: &str) {
@@ -114,6 +121,9 @@ pub struct Parts {
     pub run_dir: PathBuf,
     /// The DPU.
     pub dpu: DpuClient,
+    /// The runtime the DPU client runs on (the supervisor, a thread of its
+    /// own, calls the DPU through it).
+    pub runtime: tokio::runtime::Handle,
     /// Pacing.
     pub options: Options,
 }
@@ -489,13 +499,24 @@ struct Supervisor {
     last_probe: HashMap<String, Instant>,
     probe_failures: HashMap<String, u32>,
     retry_at: HashMap<String, Instant>,
+    failures_in_a_row: HashMap<String, u32>,
     said: HashMap<String, String>,
     pushed: Option<dpu::Config>,
+    scaler: Scaler,
+    requests: broadcast::Receiver<dpu::ScaleRequest>,
+    /// Scale-outs waiting for their first session: since when the load
+    /// was over, and the instances the service had then.
+    pending_out: HashMap<String, (Instant, BTreeSet<String>)>,
 }
 
 impl Supervisor {
     fn new(shared: Arc<Shared>) -> Self {
+        let requests = shared.parts.dpu.scale_requests();
         Self {
+            scaler: Scaler::new(),
+            requests,
+            pending_out: HashMap::new(),
+            failures_in_a_row: HashMap::new(),
             shared,
             first: true,
             last_scan: None,
@@ -549,9 +570,155 @@ impl Supervisor {
         for record in parts.store.instances()?.into_values() {
             self.look_after(record, desired.as_ref())?;
         }
+        if let Some(gateway) = &desired {
+            self.autoscale(gateway)?;
+        }
         self.scale(desired.as_ref())?;
         if let Some(gateway) = &desired {
             self.push(gateway)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the DPU's telemetry and scale requests, and moves targets as
+    /// the [`Scaler`] decides; measures scale-out reaction times.
+    fn autoscale(&mut self, gateway: &GatewayFile) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let parts = &shared.parts;
+        let now = Instant::now();
+        loop {
+            match self.requests.try_recv() {
+                Ok(r) => self.scaler.requested(&r.service, now),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        let state = parts.dpu.state().borrow().clone();
+        let Some(telemetry) = state.telemetry.filter(|_| state.connected) else {
+            return Ok(());
+        };
+        let records = parts.store.instances()?;
+        let active = |name: &str| records.get(name).is_some_and(|r| r.phase == Phase::Active);
+        let sessions = |name: &str| {
+            telemetry
+                .instances
+                .iter()
+                .find(|l| l.instance == name)
+                .map_or(0, |l| l.sessions)
+        };
+
+        // Reaction times: the first session on an instance that came after
+        // the decision.
+        let done: Vec<(String, String)> = self
+            .pending_out
+            .iter()
+            .filter_map(|(service, (_, before))| {
+                records
+                    .values()
+                    .find(|r| {
+                        &r.service == service
+                            && r.phase == Phase::Active
+                            && !before.contains(&r.name)
+                            && sessions(&r.name) > 0
+                    })
+                    .map(|r| (service.clone(), r.name.clone()))
+            })
+            .collect();
+        for (service, instance) in done {
+            let (since, _) = self.pending_out.remove(&service).expect("listed above");
+            let secs = now.duration_since(since).as_secs_f64();
+            {
+                let mut r = shared
+                    .counters
+                    .reactions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let e = r.entry(service.clone()).or_default();
+                *e = (secs, e.1 + secs, e.2 + 1);
+            }
+            self.shared.event(
+                "scale_out_complete",
+                &service,
+                &instance,
+                format!(
+                    "first new session on it {:.0} ms after the load crossed the watermark",
+                    secs * 1000.0
+                ),
+            );
+        }
+        self.pending_out
+            .retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(600));
+
+        for service in &gateway.services {
+            let sc = &service.scaling;
+            let policy = Policy {
+                min: u64::from(sc.min),
+                max: u64::from(sc.max),
+                out_at: f64::from(sc.scale_out_at.0) / 1000.0,
+                in_at: f64::from(sc.scale_in_at.0) / 1000.0,
+                hold: ms(sc.hold),
+                cooldown: ms(sc.cooldown),
+            };
+            let running: Vec<&InstanceRecord> = records
+                .values()
+                .filter(|r| {
+                    r.service == service.name && matches!(r.phase, Phase::Starting | Phase::Active)
+                })
+                .collect();
+            let load = Load {
+                utilisation: telemetry
+                    .instances
+                    .iter()
+                    .filter(|l| l.service == service.name && active(&l.instance))
+                    .map(|l| l.utilisation)
+                    .collect(),
+            };
+            let n = running.len() as u64;
+            match self.scaler.decide(&service.name, &policy, n, &load, now) {
+                Decision::Stay => {}
+                Decision::Out { since } => {
+                    parts.store.set_target(&service.name, n + 1)?;
+                    let before = running.iter().map(|r| r.name.clone()).collect();
+                    self.pending_out
+                        .insert(service.name.clone(), (since, before));
+                    self.said.remove(&service.name);
+                    self.shared.event(
+                        "scale_out",
+                        &service.name,
+                        "",
+                        format!(
+                            "load over {:.0}% of capacity on every instance ({}): {n} -> {} instances",
+                            policy.out_at * 100.0,
+                            percentages(&load),
+                            n + 1
+                        ),
+                    );
+                }
+                Decision::In => {
+                    parts.store.set_target(&service.name, n - 1)?;
+                    self.shared.event(
+                        "scale_in",
+                        &service.name,
+                        "",
+                        format!(
+                            "load under {:.0}% on every instance ({}) for {:?}: {n} -> {} instances",
+                            policy.in_at * 100.0,
+                            percentages(&load),
+                            policy.hold,
+                            n - 1
+                        ),
+                    );
+                }
+                Decision::AtMax => self.say_once(
+                    &service.name,
+                    "scale_out_refused",
+                    format!(
+                        "short of bandwidth ({}), but at its max of {} instances",
+                        percentages(&load),
+                        policy.max
+                    ),
+                ),
+            }
         }
         Ok(())
     }
@@ -637,6 +804,30 @@ impl Supervisor {
     fn fail(&mut self, mut record: InstanceRecord, why: String) -> Result<(), StoreError> {
         self.shared
             .event("instance_failed", &record.service, &record.name, why);
+        if matches!(record.phase, Phase::Active | Phase::Draining) {
+            // Down on the DPU now, before the next configuration: its
+            // sessions move (fail open) or are dropped (fail closed), and
+            // new sessions avoid it.
+            let parts = &self.shared.parts;
+            let down = parts.runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    parts
+                        .dpu
+                        .set_instance_state(&record.name, dpu::InstanceState::Down),
+                )
+                .await
+            });
+            match down {
+                Ok(Ok(())) => tracing::info!(instance = %record.name, "set down on the DPU"),
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = %record.name, error = %e, "could not set it down; the next configuration drops it");
+                }
+                Err(_) => {
+                    tracing::warn!(instance = %record.name, "the DPU did not answer in 1 s; the next configuration drops it");
+                }
+            }
+        }
         record.phase = Phase::Stopping;
         record.since_ms = now_ms();
         self.shared.parts.store.put_instance(&record)
@@ -721,6 +912,8 @@ impl Supervisor {
                 record.since_ms = now_ms();
                 self.shared.parts.store.put_instance(&record)?;
                 self.last_probe.insert(record.name.clone(), Instant::now());
+                self.failures_in_a_row.remove(&record.service);
+                self.retry_at.remove(&record.service);
                 self.shared.event(
                     "instance_ready",
                     &record.service,
@@ -858,10 +1051,7 @@ impl Supervisor {
                     &record.service,
                     e.step,
                 );
-                self.retry_at.insert(
-                    record.service.clone(),
-                    Instant::now() + parts.options.retry_after,
-                );
+                self.back_off(&record.service);
                 let _ = self.fail(record, format!("launch failed: {e}"));
             }
         }
@@ -909,13 +1099,48 @@ impl Supervisor {
                 }
                 self.launch_new(service, &records);
             } else if count > target {
-                // The newest goes first: the oldest hold the most sessions.
-                live.sort_by_key(|r| (r.since_ms, r.name.clone()));
-                let r = (*live.last().expect("count > 0")).clone();
+                // The one with the fewest sessions goes (the fewest cut at
+                // the drain timeout), the newest of those; a starting one
+                // (no sessions, not on the DPU) first of all.
+                let state = parts.dpu.state().borrow().clone();
+                let sessions = |name: &str| {
+                    state
+                        .telemetry
+                        .as_ref()
+                        .and_then(|t| t.instances.iter().find(|l| l.instance == name))
+                        .map_or(0, |l| l.sessions)
+                };
+                live.sort_by_key(|r| {
+                    (
+                        r.phase == Phase::Active,
+                        sessions(&r.name),
+                        std::cmp::Reverse(r.since_ms),
+                        std::cmp::Reverse(r.name.clone()),
+                    )
+                });
+                let r = (*live.first().expect("count > 0")).clone();
                 self.retire(r, format!("{count} instances, target {target}"))?;
             }
         }
         Ok(())
+    }
+
+    /// Waits longer before the next try for `service` after each failure
+    /// in a row.
+    fn back_off(&mut self, service: &str) {
+        let opts = self.shared.parts.options;
+        let n = self
+            .failures_in_a_row
+            .entry(service.to_owned())
+            .or_default();
+        let wait = opts
+            .retry_after
+            .saturating_mul(1 << (*n).min(16))
+            .min(opts.retry_max);
+        *n += 1;
+        self.retry_at
+            .insert(service.to_owned(), Instant::now() + wait);
+        tracing::info!(service, ?wait, failures = *n, "backing off");
     }
 
     /// Takes an instance out of service: an active one drains, one still
@@ -965,10 +1190,7 @@ impl Supervisor {
                 &service.name,
                 "vf",
             );
-            self.retry_at.insert(
-                service.name.clone(),
-                Instant::now() + parts.options.retry_after,
-            );
+            self.back_off(&service.name);
             self.shared
                 .event("provisioning_failed", &service.name, "", e.to_string());
             return;
@@ -1020,6 +1242,15 @@ impl Supervisor {
         parts.dpu.set_desired(config);
         Ok(())
     }
+}
+
+/// `90%, 85%`: the utilisations of a load.
+fn percentages(load: &Load) -> String {
+    load.utilisation
+        .iter()
+        .map(|u| format!("{:.0}%", u * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A test hook: with `CHAINGATE_CRASH_AT=POINT` in its environment the

@@ -18,5 +18,6 @@ pub mod image;
 pub mod launcher;
 pub mod metrics;
 pub mod qemu;
+pub mod scaler;
 pub mod store;
 pub mod vf;

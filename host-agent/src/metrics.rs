@@ -9,6 +9,8 @@
 //! | `chaingate_service_target` | service | instances wanted |
 //! | `chaingate_events_total` | service, kind | scale and lifecycle events |
 //! | `chaingate_provisioning_failures_total` | service, step | VF, launch, release failures |
+//! | `chaingate_scale_out_reaction_seconds` | service | summary: load over the watermark to the first session on the new instance |
+//! | `chaingate_scale_out_reaction_last_seconds` | service | the latest of those |
 //! | `chaingate_offload_refused_total` | reason | sessions the NIC refused (DPU) |
 //! | `chaingate_offload_sessions` | | sessions in hardware now (DPU) |
 //! | `chaingate_dpu_sessions` | | sessions on the DPU now |
@@ -151,6 +153,42 @@ pub fn render(agent: &Agent) -> String {
         );
     }
 
+    let reactions = counters
+        .reactions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    family(
+        &mut out,
+        "chaingate_scale_out_reaction_seconds",
+        "summary",
+        "From the load crossing the scale-out watermark to the first session on the new instance.",
+    );
+    for (service, (_, sum, count)) in &reactions {
+        let _ = writeln!(
+            out,
+            "chaingate_scale_out_reaction_seconds_sum{{service=\"{}\"}} {sum}",
+            label(service)
+        );
+        let _ = writeln!(
+            out,
+            "chaingate_scale_out_reaction_seconds_count{{service=\"{}\"}} {count}",
+            label(service)
+        );
+    }
+    family(
+        &mut out,
+        "chaingate_scale_out_reaction_last_seconds",
+        "gauge",
+        "The latest scale-out reaction time.",
+    );
+    for (service, (last, _, _)) in &reactions {
+        let _ = writeln!(
+            out,
+            "chaingate_scale_out_reaction_last_seconds{{service=\"{}\"}} {last}",
+            label(service)
+        );
+    }
     family(
         &mut out,
         "chaingate_offload_refused_total",

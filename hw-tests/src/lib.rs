@@ -22,6 +22,7 @@ pub mod labrig;
 pub mod netns;
 pub mod reflector;
 pub mod topology;
+pub mod traffic;
 pub mod vm;
 
 /// A binary of this workspace, beside the running test's profile

@@ -20,7 +20,8 @@ use chaingate_hw_tests::topology::Topology;
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 
 fn gateway() -> String {
-    monitor_gateway("1Gbit", "{ min: 1, max: 3, drain_timeout: 2s }")
+    // A long hold: the scaler stays out of this scenario's manual steps.
+    monitor_gateway("1Gbit", "{ min: 1, max: 3, hold: 10m, drain_timeout: 2s }")
 }
 
 fn flows(tag: u8) -> Vec<Vec<u8>> {

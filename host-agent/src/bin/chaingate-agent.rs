@@ -171,6 +171,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             launchers,
             run_dir: config.run_dir.clone(),
             dpu,
+            runtime: tokio::runtime::Handle::current(),
             options,
         }));
         if let Some(addr) = config.metrics {
