@@ -804,6 +804,8 @@ impl Supervisor {
     fn fail(&mut self, mut record: InstanceRecord, why: String) -> Result<(), StoreError> {
         self.shared
             .event("instance_failed", &record.service, &record.name, why);
+        // An instance that keeps failing is not relaunched in a loop.
+        self.back_off(&record.service);
         if matches!(record.phase, Phase::Active | Phase::Draining) {
             // Down on the DPU now, before the next configuration: its
             // sessions move (fail open) or are dropped (fail closed), and
@@ -1051,7 +1053,6 @@ impl Supervisor {
                     &record.service,
                     e.step,
                 );
-                self.back_off(&record.service);
                 let _ = self.fail(record, format!("launch failed: {e}"));
             }
         }
@@ -1133,10 +1134,15 @@ impl Supervisor {
             .failures_in_a_row
             .entry(service.to_owned())
             .or_default();
-        let wait = opts
-            .retry_after
-            .saturating_mul(1 << (*n).min(16))
-            .min(opts.retry_max);
+        // The first failure is retried at once (a killed instance is
+        // replaced without delay); failures in a row wait 1, 2, 4, ... s.
+        let wait = if *n == 0 {
+            Duration::ZERO
+        } else {
+            opts.retry_after
+                .saturating_mul(1 << (*n - 1).min(16))
+                .min(opts.retry_max)
+        };
         *n += 1;
         self.retry_at
             .insert(service.to_owned(), Instant::now() + wait);

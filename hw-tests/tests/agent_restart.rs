@@ -209,3 +209,30 @@ fn an_instance_the_store_does_not_know_is_stopped() {
     assert!(agent.event_kinds().iter().any(|k| k == "orphan_stopped"));
     assert!(vfs.iter().all(|l| device_here(&l.outer)), "its VF is back");
 }
+
+#[test]
+fn a_service_that_keeps_failing_is_retried_with_backoff() {
+    if !require_root() {
+        return;
+    }
+    let mut topo = Topology::new().unwrap();
+    let (vfs, list) = rig(&mut topo, 2);
+    let agent = AgentProc::start(NO_DPU, &list, "").unwrap();
+    // The "service" exits at once, every time.
+    let yaml = gateway(1).replace(
+        &format!("process: [\"{}\", monitor]", chaingate_hw_tests::agent::service_binary().display()),
+        "process: [/bin/sh, -c, \"exit 3\"]",
+    );
+    assert!(apply(&agent, &yaml).status.success());
+    std::thread::sleep(Duration::from_millis(6500));
+    let kinds = agent.event_kinds();
+    let launches = kinds.iter().filter(|k| *k == "instance_launched").count();
+    let failures = kinds.iter().filter(|k| *k == "instance_failed").count();
+    // Retried at once, then after 1, 2 and 4 s: about four launches in
+    // 6.5 s, where a loop at the supervisor's pace would make thirty.
+    assert!((2..=6).contains(&launches), "{launches} launches: {kinds:?}");
+    assert!(failures + 1 >= launches, "{kinds:?}");
+    // Each failure gave its VF back: at most the current attempt holds one.
+    let out = vfs.iter().filter(|l| !device_here(&l.outer)).count();
+    assert!(out <= 1, "{out} VFs still out");
+}
