@@ -282,11 +282,29 @@ impl Base {
             .stdout(out)
             .stderr(err)
             .process_group(0);
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(|e| fail(instance, "spawn", format!("{command:?}: {e}")))?;
-        let handle =
-            proc_handle(child.id()).ok_or_else(|| fail(instance, "spawn", "exited at once"))?;
+        // Until the new program has set up its stack, /proc shows no
+        // environment; wait for it, so that from here on `scan` finds the
+        // instance (a crash right after this returns loses nothing).
+        let tag = format!("CHAINGATE_INSTANCE={instance}");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && child.try_wait().is_ok_and(|s| s.is_none()) {
+            let environ = fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+            if environ.split(|b| *b == 0).any(|v| v == tag.as_bytes()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(handle) = proc_handle(child.id()) else {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(fail(
+                instance,
+                "spawn",
+                format!("exited at once ({status})"),
+            ));
+        };
         self.children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -647,16 +665,8 @@ mod tests {
             .base
             .spawn("svc-7", cmd, &run_dir.join("log"))
             .unwrap();
-        // Until the new program has set up its stack, /proc shows no
-        // environment: a moment after spawn returns.
-        let mut found = scan(&run_dir);
-        for _ in 0..100 {
-            if !found.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            found = scan(&run_dir);
-        }
+        // Found as soon as the launch returned.
+        let found = scan(&run_dir);
         assert_eq!(found.get("svc-7"), Some(&handle));
         assert_eq!(found.len(), 1);
         // Another run directory sees nothing of it.

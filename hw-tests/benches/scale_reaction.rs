@@ -13,7 +13,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chaingate_agent::launcher::{LaunchSpec, ProcessLauncher, Program, QemuLauncher, VmImage, VmLauncher};
+use chaingate_agent::launcher::{
+    LaunchSpec, ProcessLauncher, Program, QemuLauncher, VmImage, VmLauncher,
+};
 use chaingate_agent::vf::{VfKind, VfRef};
 use chaingate_hw_tests::agent::{AgentProc, instances_in, service_binary};
 use chaingate_hw_tests::dpu::DpuFw;
@@ -33,12 +35,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn baseline(launcher: &dyn VmLauncher, spec: &LaunchSpec) -> f64 {
     let start = Instant::now();
     launcher.launch(spec).expect("launch");
-    while launcher.probe(&spec.instance, Duration::from_secs(1)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(180), "{} never answered", spec.instance);
+    while launcher
+        .probe(&spec.instance, Duration::from_secs(1))
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{} never answered",
+            spec.instance
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = start.elapsed().as_secs_f64();
-    launcher.stop(&spec.instance, &spec.vf, Duration::from_secs(10)).expect("stop");
+    launcher
+        .stop(&spec.instance, &spec.vf, Duration::from_secs(10))
+        .expect("stop");
     secs
 }
 
@@ -48,7 +59,10 @@ fn reaction(launch: &str, vf_kind: &str) -> f64 {
     let mut topo = Topology::new().expect("netns");
     let lan = topo.link("lan").expect("veth");
     let wan = topo.link("wan").expect("veth");
-    let mut ports = vec![("lan".to_owned(), lan.inner.clone(), "lan"), ("wan".to_owned(), wan.inner.clone(), "wan")];
+    let mut ports = vec![
+        ("lan".to_owned(), lan.inner.clone(), "lan"),
+        ("wan".to_owned(), wan.inner.clone(), "wan"),
+    ];
     let mut vfs = Vec::new();
     for i in 0..2 {
         let (dpu_side, host_side) = if vf_kind == "tap" {
@@ -61,10 +75,17 @@ fn reaction(launch: &str, vf_kind: &str) -> f64 {
         ports.push((format!("vf{i}"), dpu_side, "vf"));
         vfs.push(format!("{{ port: vf{i}, {vf_kind}: {host_side} }}"));
     }
-    let ports: Vec<(&str, &str, &str)> = ports.iter().map(|(n, d, r)| (n.as_str(), d.as_str(), *r)).collect();
+    let ports: Vec<(&str, &str, &str)> = ports
+        .iter()
+        .map(|(n, d, r)| (n.as_str(), d.as_str(), *r))
+        .collect();
     let dpu = DpuFw::start(&ports, "sessions: 65536\n").expect("dpu-fw");
-    let agent = AgentProc::start(&dpu.addr.to_string(), &vfs, "probe: { interval: 200ms, timeout: 1s, start_timeout: 3m, failures: 2 }\n")
-        .expect("agent");
+    let agent = AgentProc::start(
+        &dpu.addr.to_string(),
+        &vfs,
+        "probe: { interval: 200ms, timeout: 1s, start_timeout: 3m, failures: 2 }\n",
+    )
+    .expect("agent");
     let yaml = format!(
         "ports:\n  - {{ name: lan, role: lan }}\n  - {{ name: wan, role: wan }}\nservices:\n  - name: mon\n    capacity: 4Mbit\n    \
          scaling: {{ min: 1, max: 2, scale_out_at: 50%, scale_in_at: 1%, hold: 1s, cooldown: 1m }}\n    launch: {launch}\n\
@@ -79,9 +100,26 @@ fn reaction(launch: &str, vf_kind: &str) -> f64 {
     let server = Ipv4Addr::new(192, 0, 2, 80);
     // The load: four sessions at ~3.3 Mbit/s. New sessions: a new 5-tuple
     // every 50 ms, so the first one after the new instance is there shows.
-    let heavy: Vec<Vec<u8>> = (1..=4).map(|i| udp((Ipv4Addr::new(10, 1, 0, i), 4000), (server, 5001), true, &[1; 1000])).collect();
-    let fresh: Vec<Vec<u8>> =
-        (0..60_000u16).map(|p| udp((Ipv4Addr::new(10, 2, 0, 1), 1024 + p), (server, 5001), true, &[2; 64])).collect();
+    let heavy: Vec<Vec<u8>> = (1..=4)
+        .map(|i| {
+            udp(
+                (Ipv4Addr::new(10, 1, 0, i), 4000),
+                (server, 5001),
+                true,
+                &[1; 1000],
+            )
+        })
+        .collect();
+    let fresh: Vec<Vec<u8>> = (0..60_000u16)
+        .map(|p| {
+            udp(
+                (Ipv4Addr::new(10, 2, 0, 1), 1024 + p),
+                (server, 5001),
+                true,
+                &[2; 64],
+            )
+        })
+        .collect();
     let _load = Traffic::start(topo.netns(), &lan.outer, heavy, 400).expect("traffic");
     let _new = Traffic::start(topo.netns(), &lan.outer, fresh, 20).expect("traffic");
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -90,7 +128,11 @@ fn reaction(launch: &str, vf_kind: &str) -> f64 {
         if events.contains("\"scale_out_complete\"") {
             break;
         }
-        assert!(Instant::now() < deadline, "no scale-out:\n{events}\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no scale-out:\n{events}\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let metrics = http_get(agent.metrics);
@@ -116,7 +158,11 @@ fn report(what: &str, reactions: &[f64], base: f64, goal: f64) {
         "{what}: scale-out reaction median {m:.2} s over {} runs ({}), baseline launch-to-healthy {base:.2} s, \
          ratio {:.2}x; goal <= {goal} s: {}",
         reactions.len(),
-        reactions.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+        reactions
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         m / base,
         if m <= goal { "met" } else { "missed" }
     );
@@ -129,7 +175,10 @@ fn main() {
         return;
     }
     // `cargo bench` passes --bench; a filter that is not ours skips.
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"scale_reaction".contains(a.as_str())) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"scale_reaction".contains(a.as_str()))
+    {
         return;
     }
     let service = service_binary();
@@ -159,10 +208,20 @@ fn main() {
 
     // QEMU instances.
     let Some(kit) = require_vm() else { return };
-    let binary = static_build(&["build", "-p", "chaingate-services", "--bin", "chaingate-service"]);
+    let binary = static_build(&[
+        "build",
+        "--release",
+        "-p",
+        "chaingate-services",
+        "--bin",
+        "chaingate-service",
+    ]);
     let initrd = run_dir.join("monitor.img");
     std::fs::create_dir_all(&run_dir).expect("dir");
-    kit.service_initramfs(&binary, "monitor", &[]).expect("image").write_file(&initrd).expect("write");
+    kit.service_initramfs(&binary, "monitor", &[])
+        .expect("image")
+        .write_file(&initrd)
+        .expect("write");
     let tap = topo.tap("bq").expect("tap");
     let image = VmImage {
         kernel: kit.kernel.clone(),
@@ -181,8 +240,17 @@ fn main() {
         program: Program::Vm(image),
     };
     let base = baseline(&QemuLauncher::new(&run_dir), &spec);
-    let launch = format!("{{ vm: {{ kernel: {}, initrd: {} }} }}", kit.kernel.display(), initrd.display());
+    let launch = format!(
+        "{{ vm: {{ kernel: {}, initrd: {} }} }}",
+        kit.kernel.display(),
+        initrd.display()
+    );
     let reactions = vec![reaction(&launch, "tap")];
-    report(&format!("QEMU instances ({})", chaingate_agent::qemu::accelerator()), &reactions, base, 10.0);
+    report(
+        &format!("QEMU instances ({})", chaingate_agent::qemu::accelerator()),
+        &reactions,
+        base,
+        10.0,
+    );
     let _ = std::fs::remove_dir_all(Path::new(&run_dir));
 }

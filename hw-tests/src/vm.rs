@@ -38,7 +38,7 @@ pub fn require_vm() -> Option<GuestKit> {
     }
 }
 
-/// Builds `cargo ARGS` as static x86_64 binaries (in `target/guest`, so
+/// Builds `cargo ARGS` as static, stripped x86_64 binaries (in `target/guest`, so
 /// the normal build is untouched) and returns the last executable cargo
 /// names.
 ///
@@ -57,7 +57,11 @@ pub fn static_build(args: &[&str]) -> PathBuf {
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // Stripped: a guest unpacks every byte of its initramfs under TCG.
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols",
+        )
         .env("CARGO_TARGET_DIR", workspace.join("target/guest"))
         .output()
         .expect("cargo runs");

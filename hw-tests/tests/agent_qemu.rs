@@ -36,6 +36,7 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
     let Some(kit) = require_vm() else { return };
     let service = static_build(&[
         "build",
+        "--release",
         "-p",
         "chaingate-services",
         "--bin",

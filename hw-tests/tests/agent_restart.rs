@@ -220,7 +220,10 @@ fn a_service_that_keeps_failing_is_retried_with_backoff() {
     let agent = AgentProc::start(NO_DPU, &list, "").unwrap();
     // The "service" exits at once, every time.
     let yaml = gateway(1).replace(
-        &format!("process: [\"{}\", monitor]", chaingate_hw_tests::agent::service_binary().display()),
+        &format!(
+            "process: [\"{}\", monitor]",
+            chaingate_hw_tests::agent::service_binary().display()
+        ),
         "process: [/bin/sh, -c, \"exit 3\"]",
     );
     assert!(apply(&agent, &yaml).status.success());
@@ -230,7 +233,10 @@ fn a_service_that_keeps_failing_is_retried_with_backoff() {
     let failures = kinds.iter().filter(|k| *k == "instance_failed").count();
     // Retried at once, then after 1, 2 and 4 s: about four launches in
     // 6.5 s, where a loop at the supervisor's pace would make thirty.
-    assert!((2..=6).contains(&launches), "{launches} launches: {kinds:?}");
+    assert!(
+        (2..=6).contains(&launches),
+        "{launches} launches: {kinds:?}"
+    );
     assert!(failures + 1 >= launches, "{kinds:?}");
     // Each failure gave its VF back: at most the current attempt holds one.
     let out = vfs.iter().filter(|l| !device_here(&l.outer)).count();
