@@ -80,12 +80,7 @@ fn reaction(launch: &str, vf_kind: &str) -> f64 {
         .map(|(n, d, r)| (n.as_str(), d.as_str(), *r))
         .collect();
     let dpu = DpuFw::start(&ports, "sessions: 65536\n").expect("dpu-fw");
-    let agent = AgentProc::start(
-        &dpu.addr.to_string(),
-        &vfs,
-        "probe: { interval: 200ms, timeout: 1s, start_timeout: 3m, failures: 2 }\n",
-    )
-    .expect("agent");
+    let agent = AgentProc::start(&dpu.addr.to_string(), &vfs, "").expect("agent");
     let yaml = format!(
         "ports:\n  - {{ name: lan, role: lan }}\n  - {{ name: wan, role: wan }}\nservices:\n  - name: mon\n    capacity: 4Mbit\n    \
          scaling: {{ min: 1, max: 2, scale_out_at: 50%, scale_in_at: 1%, hold: 1s, cooldown: 1m }}\n    launch: {launch}\n\
