@@ -282,18 +282,70 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
     } else {
         return Ok(fs::read(path)?);
     };
-    let out = Command::new(tool)
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("{tool} -dc {name}: {e}")))?;
-    if !out.status.success() {
+    let (ok, out, err) = unpack(tool, &fs::read(path)?)?;
+    if !ok {
         return Err(ImageError::Io(io::Error::other(format!(
-            "{tool} -dc {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{tool} -dc {name}: {err}"
         ))));
     }
-    Ok(out.stdout)
+    Ok(out)
+}
+
+/// `TOOL -dc` over `data`: whether it succeeded, its output, its errors.
+fn unpack(tool: &str, data: &[u8]) -> Result<(bool, Vec<u8>, String), ImageError> {
+    use std::process::Stdio;
+    let mut child = Command::new(tool)
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{tool}: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = data.to_vec();
+    // Fed from a thread: the tool's output fills its pipe while it reads.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output()?;
+    let _ = feeder.join();
+    Ok((
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    ))
+}
+
+/// The uncompressed kernel (ELF) inside a bzImage: QEMU boots it directly
+/// through its PVH entry, which skips the decompressor (about 1.3 s of a
+/// 7.5 s boot under TCG).
+///
+/// # Errors
+/// No compressed ELF found in it.
+pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
+    const FORMATS: [(&str, &[u8]); 3] = [
+        ("zstd", b"\x28\xb5\x2f\xfd"),
+        ("xz", b"\xfd7zXZ\x00"),
+        ("gzip", b"\x1f\x8b\x08"),
+    ];
+    for (tool, magic) in FORMATS {
+        let starts = bzimage
+            .windows(magic.len())
+            .enumerate()
+            .filter(|(_, w)| *w == magic)
+            .map(|(i, _)| i);
+        for at in starts.take(4) {
+            // The payload is followed by the rest of the bzImage: the tool
+            // complains of trailing data after a complete output.
+            let (_, out, _) = unpack(tool, &bzimage[at..])?;
+            if out.starts_with(b"\x7fELF") {
+                return Ok(out);
+            }
+        }
+    }
+    Err(ImageError::Layout(
+        "no compressed ELF kernel (zstd, xz or gzip) in the image".into(),
+    ))
 }
 
 /// The `depends=` list of a module's `.modinfo` strings.
@@ -317,7 +369,8 @@ fn depends(module: &[u8]) -> Vec<String> {
 /// What guests are made of on this host: a kernel, its modules, busybox.
 #[derive(Debug)]
 pub struct GuestKit {
-    /// The kernel image.
+    /// The kernel: the uncompressed `vmlinux` (PVH boot) when it could be
+    /// made, else `vmlinuz`.
     pub kernel: PathBuf,
     /// Its modules.
     pub modules: KernelModules,
@@ -346,8 +399,27 @@ impl GuestKit {
                 "no /bin/busybox: apt-get install busybox-static".to_owned(),
             ));
         }
+        // The uncompressed kernel boots faster; made once, beside it.
+        let vmlinux = dir.join("vmlinux");
+        if !vmlinux.exists() {
+            match fs::read(&kernel)
+                .map_err(ImageError::from)
+                .and_then(|b| extract_vmlinux(&b))
+            {
+                Ok(elf) => {
+                    let tmp = dir.join(format!(".vmlinux.{}", std::process::id()));
+                    if fs::write(&tmp, elf)
+                        .and_then(|()| fs::rename(&tmp, &vmlinux))
+                        .is_err()
+                    {
+                        let _ = fs::remove_file(&tmp);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "booting the compressed kernel"),
+            }
+        }
         Ok(Self {
-            kernel,
+            kernel: if vmlinux.exists() { vmlinux } else { kernel },
             modules: KernelModules::open(dir)?,
             busybox,
         })
@@ -491,6 +563,29 @@ mod tests {
             ("bin/sh".to_owned(), 0o120_777, b"busybox".to_vec())
         );
         assert_eq!(entries[5].1, 0o100_755);
+    }
+
+    #[test]
+    fn the_elf_kernel_is_found_inside_a_bzimage() {
+        let elf = [b"\x7fELF".as_slice(), &[7u8; 5000]].concat();
+        let mut gzip = Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        gzip.stdin.take().unwrap().write_all(&elf).unwrap();
+        let packed = gzip.wait_with_output().unwrap().stdout;
+        // A setup header, a decoy magic, the payload, and the rest.
+        let bzimage = [
+            b"MZ setup \x1f\x8b\x08 not really".as_slice(),
+            &packed,
+            b"trailer bytes",
+        ]
+        .concat();
+        assert_eq!(extract_vmlinux(&bzimage).unwrap(), elf);
+        let e = extract_vmlinux(b"MZ nothing here").unwrap_err();
+        assert!(e.to_string().contains("no compressed ELF kernel"), "{e}");
     }
 
     #[test]
