@@ -312,3 +312,110 @@ impl Drop for AgentProc {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The gateway on one box: a namespace with the lan and wan hosts,
+/// `dpu-fw` on afpacket ports (lan, wan, `vf0`..), and an agent whose VFs
+/// are the host ends of those `vf` veths (netdev VFs, process instances).
+/// Fields drop in order: the agent (and its instances, giving their VFs
+/// back) before `dpu-fw`, both before the namespace and links.
+#[derive(Debug)]
+pub struct AgentRig {
+    /// The agent.
+    pub agent: AgentProc,
+    /// The DPU runtime.
+    pub dpu: crate::dpu::DpuFw,
+    /// The lan uplink (`outer` in the namespace: the lan host's side).
+    pub lan: crate::topology::Link,
+    /// The wan uplink.
+    pub wan: crate::topology::Link,
+    /// The VFs.
+    pub vfs: Vec<crate::topology::Link>,
+    /// The namespace and links.
+    pub topo: crate::topology::Topology,
+}
+
+impl AgentRig {
+    /// A rig with `n` VFs.
+    ///
+    /// # Errors
+    /// A part does not come up.
+    pub fn start(n: usize) -> io::Result<Self> {
+        let mut topo = crate::topology::Topology::new()?;
+        let lan = topo.link("lan")?;
+        let wan = topo.link("wan")?;
+        let vfs = (0..n)
+            .map(|i| topo.host_link(&format!("vf{i}")))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut ports = vec![
+            ("lan".to_owned(), lan.inner.clone(), "lan"),
+            ("wan".to_owned(), wan.inner.clone(), "wan"),
+        ];
+        ports.extend(
+            vfs.iter()
+                .enumerate()
+                .map(|(i, l)| (format!("vf{i}"), l.inner.clone(), "vf")),
+        );
+        let ports: Vec<(&str, &str, &str)> = ports
+            .iter()
+            .map(|(p, d, r)| (p.as_str(), d.as_str(), *r))
+            .collect();
+        let dpu = crate::dpu::DpuFw::start(&ports, "sessions: 1024\n")?;
+        let list: Vec<String> = vfs
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{{ port: vf{i}, netdev: {} }}", l.outer))
+            .collect();
+        let agent = AgentProc::start(&dpu.addr.to_string(), &list, "")?;
+        Ok(Self {
+            agent,
+            dpu,
+            lan,
+            wan,
+            vfs,
+            topo,
+        })
+    }
+
+    /// Applies `yaml` with `chaingate apply` and waits until `instance` is
+    /// active and the DPU has the configuration.
+    ///
+    /// # Panics
+    /// If it is refused or does not happen.
+    pub fn apply_and_wait(&self, yaml: &str, instance: &str) -> Value {
+        let file = self.agent.dir.join("gateway.yaml");
+        std::fs::write(&file, yaml).expect("write the gateway file");
+        let out = self
+            .agent
+            .cli_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+        assert!(out.starts_with("applied"), "{out}");
+        self.agent.wait_for(
+            &format!("{instance} on the DPU"),
+            Duration::from_secs(30),
+            |s| instances_in(s, "active") == [instance] && on_dpu(s),
+        )
+    }
+}
+
+/// The DPU is connected and runs the configuration the agent pushed last.
+#[must_use]
+pub fn on_dpu(status: &Value) -> bool {
+    status["dpu_connected"] == true && status["dpu_generation"] == status["desired_generation"]
+}
+
+impl AgentProc {
+    /// Frames an instance's service function has received, from its probe.
+    #[must_use]
+    pub fn instance_rx(&self, instance: &str) -> u64 {
+        let probe = self
+            .run_dir
+            .join("instances")
+            .join(instance)
+            .join("probe.sock");
+        launcher::probe_socket(&probe, Duration::from_secs(2))
+            .unwrap_or_default()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("rx="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}

@@ -9,13 +9,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use chaingate_agent::launcher::probe_socket;
-use chaingate_hw_tests::agent::{AgentProc, device_here, instances_in, monitor_gateway, pid_of};
-use chaingate_hw_tests::dpu::DpuFw;
+use chaingate_hw_tests::agent::{
+    AgentRig, device_here, instances_in, monitor_gateway, on_dpu, pid_of,
+};
 use chaingate_hw_tests::endpoint::Endpoint;
 use chaingate_hw_tests::frames::{assert_same, udp};
 use chaingate_hw_tests::require_root;
-use chaingate_hw_tests::topology::Topology;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 
@@ -37,72 +36,18 @@ fn flows(tag: u8) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn rx_of(agent: &AgentProc, instance: &str) -> u64 {
-    let answer = probe_socket(
-        &agent
-            .run_dir
-            .join("instances")
-            .join(instance)
-            .join("probe.sock"),
-        Duration::from_secs(2),
-    )
-    .unwrap_or_default();
-    answer
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("rx="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
-fn on_dpu(status: &serde_json::Value) -> bool {
-    status["dpu_connected"] == true && status["dpu_generation"] == status["desired_generation"]
-}
-
 #[test]
 fn instances_launch_scale_drain_and_are_replaced() {
     if !require_root() {
         return;
     }
-    let mut topo = Topology::new().unwrap();
-    let lan = topo.link("lan").unwrap();
-    let wan = topo.link("wan").unwrap();
-    let vfs: Vec<_> = (0..3)
-        .map(|i| topo.host_link(&format!("vf{i}")).unwrap())
-        .collect();
-    let ports: Vec<(String, String, &str)> =
-        [("lan", &lan.inner, "lan"), ("wan", &wan.inner, "wan")]
-            .into_iter()
-            .map(|(n, d, r)| (n.to_owned(), d.clone(), r))
-            .chain(
-                vfs.iter()
-                    .enumerate()
-                    .map(|(i, l)| (format!("vf{i}"), l.inner.clone(), "vf")),
-            )
-            .collect();
-    let ports: Vec<(&str, &str, &str)> = ports
-        .iter()
-        .map(|(n, d, r)| (n.as_str(), d.as_str(), *r))
-        .collect();
-    let dpu = DpuFw::start(&ports, "sessions: 1024\n").unwrap();
-    let vf_list: Vec<String> = vfs
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("{{ port: vf{i}, netdev: {} }}", l.outer))
-        .collect();
-    let agent = AgentProc::start(&dpu.addr.to_string(), &vf_list, "").unwrap();
+    let rig = AgentRig::start(3).unwrap();
+    let (agent, topo, lan, wan, vfs) = (&rig.agent, &rig.topo, &rig.lan, &rig.wan, &rig.vfs);
     let mut lan_host = Endpoint::open(topo.netns(), &lan.outer).unwrap();
     let mut wan_host = Endpoint::open(topo.netns(), &wan.outer).unwrap();
 
     // Apply: the minimum (one) is launched, probed, put on the DPU.
-    let file = agent.dir.join("gateway.yaml");
-    std::fs::write(&file, gateway()).unwrap();
-    let out = agent.cli_ok(&["apply", "-f", file.to_str().unwrap()]);
-    assert!(out.starts_with("applied"), "{out}");
-    let status = agent.wait_for(
-        "one active instance on the DPU",
-        Duration::from_secs(30),
-        |s| instances_in(s, "active") == ["mon-0"] && on_dpu(s),
-    );
+    let status = rig.apply_and_wait(&gateway(), "mon-0");
     assert_eq!(status["services"][0]["running"], 1);
     assert!(
         !device_here(&vfs[0].outer),
@@ -116,7 +61,7 @@ fn instances_launch_scale_drain_and_are_replaced() {
         &sent,
         "through mon-0",
     );
-    assert!(rx_of(&agent, "mon-0") >= 8, "mon-0 saw the frames");
+    assert!(agent.instance_rx("mon-0") >= 8, "mon-0 saw the frames");
 
     // Scale to two: a second instance on the next VF.
     assert_eq!(
@@ -160,7 +105,7 @@ fn instances_launch_scale_drain_and_are_replaced() {
         "through the replacement",
     );
     assert!(
-        rx_of(&agent, &replacement) >= 8,
+        agent.instance_rx(&replacement) >= 8,
         "{replacement} carries the new sessions"
     );
 

@@ -15,12 +15,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use chaingate_agent::launcher::probe_socket;
-use chaingate_hw_tests::agent::{AgentProc, instances_in, monitor_gateway, pid_of};
-use chaingate_hw_tests::dpu::DpuFw;
+use chaingate_hw_tests::agent::{AgentProc, AgentRig, instances_in, monitor_gateway, pid_of};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
-use chaingate_hw_tests::topology::{Link, Topology};
 use chaingate_hw_tests::traffic::Traffic;
 use serde_json::Value;
 
@@ -47,52 +44,10 @@ fn flow(g: u8, i: u8) -> Vec<u8> {
     )
 }
 
-struct Rig {
-    _dpu: DpuFw,
-    agent: AgentProc,
-    topo: Topology,
-    lan: Link,
-}
-
-fn rig(max: u16, hold: &str) -> Rig {
-    let mut topo = Topology::new().unwrap();
-    let lan = topo.link("lan").unwrap();
-    let wan = topo.link("wan").unwrap();
-    let vfs: Vec<Link> = (0..3)
-        .map(|i| topo.host_link(&format!("vf{i}")).unwrap())
-        .collect();
-    let mut ports = vec![
-        ("lan".to_owned(), lan.inner.clone(), "lan"),
-        ("wan".to_owned(), wan.inner.clone(), "wan"),
-    ];
-    ports.extend(
-        vfs.iter()
-            .enumerate()
-            .map(|(i, l)| (format!("vf{i}"), l.inner.clone(), "vf")),
-    );
-    let ports: Vec<(&str, &str, &str)> = ports
-        .iter()
-        .map(|(n, d, r)| (n.as_str(), d.as_str(), *r))
-        .collect();
-    let dpu = DpuFw::start(&ports, "sessions: 1024\n").unwrap();
-    let list: Vec<String> = vfs
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("{{ port: vf{i}, netdev: {} }}", l.outer))
-        .collect();
-    let agent = AgentProc::start(&dpu.addr.to_string(), &list, "").unwrap();
-    let file = agent.dir.join("gateway.yaml");
-    std::fs::write(&file, gateway(max, hold)).unwrap();
-    let _ = agent.cli_ok(&["apply", "-f", file.to_str().unwrap()]);
-    agent.wait_for("mon-0 on the DPU", Duration::from_secs(30), |s| {
-        instances_in(s, "active") == ["mon-0"] && s["dpu_generation"] == s["desired_generation"]
-    });
-    Rig {
-        _dpu: dpu,
-        agent,
-        topo,
-        lan,
-    }
+fn rig(max: u16, hold: &str) -> AgentRig {
+    let rig = AgentRig::start(3).unwrap();
+    rig.apply_and_wait(&gateway(max, hold), "mon-0");
+    rig
 }
 
 /// The instance each session of group `g` uses (by source address).
@@ -123,22 +78,6 @@ fn events(agent: &AgentProc) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
-}
-
-fn rx_of(agent: &AgentProc, instance: &str) -> u64 {
-    probe_socket(
-        &agent
-            .run_dir
-            .join("instances")
-            .join(instance)
-            .join("probe.sock"),
-        Duration::from_secs(2),
-    )
-    .unwrap_or_default()
-    .split_whitespace()
-    .find_map(|w| w.strip_prefix("rx="))
-    .and_then(|n| n.parse().ok())
-    .unwrap_or(0)
 }
 
 fn wait_event(agent: &AgentProc, kind: &str, within: Duration) -> Value {
@@ -232,10 +171,10 @@ fn overload_scales_out_once_then_in_with_a_drain() {
         started["instance"], "mon-1",
         "the one with the fewest sessions"
     );
-    let rx = rx_of(agent, "mon-1");
+    let rx = agent.instance_rx("mon-1");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        rx_of(agent, "mon-1") > rx,
+        agent.instance_rx("mon-1") > rx,
         "a draining instance still carries its sessions"
     );
     let finished = wait_event(agent, "drain_finished", Duration::from_secs(20));
