@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cap;
 pub mod monitor;
 pub mod probe;
+pub mod stamp;
 pub mod wire;

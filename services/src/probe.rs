@@ -1,7 +1,7 @@
 //! The health probe: a line protocol on a byte stream.
 //!
 //! The host agent writes `probe\n`; a healthy service answers one line,
-//! `ok service=NAME instance=NAME rx=N tx=N dropped=N\n`. Other requests
+//! `ok service=NAME instance=NAME rx=N tx=N dropped=N capped=N\n`. Other requests
 //! are answered `error unknown request`. An instance that does not answer
 //! within the agent's probe timeout is unhealthy.
 //!
@@ -70,8 +70,8 @@ pub fn answer(request: &str, who: &Identity, counters: &Counters) -> String {
         "probe" => {
             let c = counters.snapshot();
             format!(
-                "ok service={} instance={} rx={} tx={} dropped={}\n",
-                who.service, who.instance, c.rx, c.tx, c.dropped
+                "ok service={} instance={} rx={} tx={} dropped={} capped={}\n",
+                who.service, who.instance, c.rx, c.tx, c.dropped, c.capped
             )
         }
         _ => "error unknown request\n".to_owned(),
@@ -189,7 +189,7 @@ mod tests {
         };
         assert_eq!(
             ask("probe\n"),
-            "ok service=monitor instance=mon-0 rx=5 tx=4 dropped=1\n"
+            "ok service=monitor instance=mon-0 rx=5 tx=4 dropped=1 capped=0\n"
         );
         assert_eq!(ask("hello\n"), "error unknown request\n");
         let _ = std::fs::remove_file(&path);

@@ -5,7 +5,12 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::time::Instant;
+
 use chaingate_pktio::afpacket::{AfPacket, wait_readable};
+
+use crate::cap::{Rate, TokenBucket};
+use crate::stamp;
 use chaingate_pktio::{PacketIo, RxBatch};
 
 /// The largest frame taken (jumbo, with tags).
@@ -35,6 +40,8 @@ pub struct Counters {
     pub tx: AtomicU64,
     /// Frames dropped by the function.
     pub dropped: AtomicU64,
+    /// Frames dropped by the bandwidth cap.
+    pub capped: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -46,6 +53,8 @@ pub struct Snapshot {
     pub tx: u64,
     /// Frames dropped.
     pub dropped: u64,
+    /// Frames over the cap.
+    pub capped: u64,
 }
 
 impl Counters {
@@ -56,8 +65,18 @@ impl Counters {
             rx: self.rx.load(Ordering::Relaxed),
             tx: self.tx.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            capped: self.capped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What every function can have done around it.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Frames over this rate are dropped (counted as `capped`).
+    pub cap: Option<Rate>,
+    /// This ID is added to each passing frame's trace trailer.
+    pub stamp: Option<u16>,
 }
 
 /// Runs `function` on `iface` until `stop` is set.
@@ -67,11 +86,14 @@ impl Counters {
 pub fn run(
     iface: &str,
     function: &mut dyn Function,
+    options: &Options,
     counters: &Counters,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<()> {
     let mut port = AfPacket::open(iface, SLOT).map_err(io::Error::other)?;
     let mut batch = RxBatch::new(32, SLOT);
+    let mut bucket = options.cap.map(TokenBucket::new);
+    let clock = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if !wait_readable(&[port.raw_fd()], 100) {
             continue;
@@ -82,10 +104,19 @@ pub fn run(
             let Some((slot, start, len)) = batch.frame_mut(i) else {
                 continue;
             };
-            let frame = &mut slot[start..start + len];
-            match function.process(frame) {
+            if let Some(b) = bucket.as_mut()
+                && !b.admit(len, clock.elapsed())
+            {
+                counters.capped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match function.process(&mut slot[start..start + len]) {
                 Verdict::Pass => {
-                    port.send(frame);
+                    let len = options
+                        .stamp
+                        .and_then(|id| stamp::stamp(&mut slot[start..], len, id))
+                        .unwrap_or(len);
+                    port.send(&slot[start..start + len]);
                     counters.tx.fetch_add(1, Ordering::Relaxed);
                 }
                 Verdict::Drop => {

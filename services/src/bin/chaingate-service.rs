@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use chaingate_services::cap::Rate;
 use chaingate_services::monitor::Monitor;
 use chaingate_services::probe::{self, Channel, Identity};
 use chaingate_services::wire::{self, Counters, Function};
@@ -28,6 +29,14 @@ struct Cli {
     /// Where to answer the agent's health probe: unix:PATH or tty:PATH.
     #[arg(long, env = "CHAINGATE_PROBE", global = true)]
     probe: Option<Channel>,
+    /// Drop what comes in over this rate (500kbit, 10Mbit, 1Gbit): an
+    /// instance that runs short of bandwidth on purpose.
+    #[arg(long, env = "CHAINGATE_CAP", global = true)]
+    cap: Option<Rate>,
+    /// Add this ID to each passing frame's trace trailer (see the
+    /// services crate's `stamp` module).
+    #[arg(long, env = "CHAINGATE_STAMP", global = true)]
+    stamp: Option<u16>,
     /// The instance's name, as the agent knows it.
     #[arg(
         long,
@@ -66,7 +75,11 @@ fn main() -> ExitCode {
     }
     eprintln!("chaingate-service: {service} {} on {iface}", cli.instance);
     let stop = Arc::new(AtomicBool::new(false));
-    match wire::run(&iface, function.as_mut(), &counters, &stop) {
+    let options = wire::Options {
+        cap: cli.cap,
+        stamp: cli.stamp,
+    };
+    match wire::run(&iface, function.as_mut(), &options, &counters, &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chaingate-service: {iface}: {e}");

@@ -1,0 +1,115 @@
+//! `chaingate-service` on a veth, bump in the wire: frames come back out
+//! the interface they came in on, unchanged but for the trace trailer
+//! when `--stamp` is given, and no faster than `--cap`.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaingate_hw_tests::agent::service_binary;
+use chaingate_hw_tests::frames::udp;
+use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::topology::Topology;
+use chaingate_pktio::afpacket::{AfPacket, wait_readable};
+use chaingate_pktio::{PacketIo, RxBatch};
+use chaingate_services::stamp;
+
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `frames` into the service and collects what comes back within
+/// `within`.
+fn exchange(port: &mut AfPacket, frames: &[Vec<u8>], within: Duration) -> Vec<Vec<u8>> {
+    for f in frames {
+        port.send(f);
+    }
+    port.flush();
+    let mut batch = RxBatch::new(32, 2048);
+    let mut back = Vec::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && back.len() < frames.len() {
+        if wait_readable(&[port.raw_fd()], 50) && PacketIo::recv(port, &mut batch).is_ok() {
+            back.extend((0..batch.len()).filter_map(|i| batch.frame(i).map(<[u8]>::to_vec)));
+        }
+    }
+    back
+}
+
+#[test]
+fn frames_come_back_stamped_and_capped() {
+    if !require_root() {
+        return;
+    }
+    let mut topo = Topology::new().unwrap();
+    let link = topo.link("svc").unwrap();
+    let sock = std::env::temp_dir().join(format!("cg-svc-{}.sock", std::process::id()));
+    let _service = Service(
+        Command::new("ip")
+            .args(["netns", "exec", topo.netns()])
+            .arg(service_binary())
+            .args([
+                "monitor",
+                "--iface",
+                &link.outer,
+                "--stamp",
+                "513",
+                "--cap",
+                "1Mbit",
+            ])
+            .arg("--probe")
+            .arg(format!("unix:{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chaingate_agent::launcher::probe_socket(&sock, Duration::from_secs(1)).is_err() {
+        assert!(Instant::now() < deadline, "the service did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut port = AfPacket::open(&link.inner, 2048).unwrap();
+    let frame = |i: u8| {
+        udp(
+            (Ipv4Addr::new(10, 0, 0, i), 1000),
+            (Ipv4Addr::new(192, 0, 2, 1), 53),
+            true,
+            &[i; 900],
+        )
+    };
+
+    // A few frames, well under the cap: each comes back with 513 stamped.
+    let sent: Vec<Vec<u8>> = (1..=5).map(frame).collect();
+    let back = exchange(&mut port, &sent, Duration::from_secs(5));
+    assert_eq!(back.len(), sent.len());
+    for (b, s) in back.iter().zip(&sent) {
+        let (ids, body) = stamp::read(b).expect("a trace trailer");
+        assert_eq!(ids, [513]);
+        assert_eq!(&b[..body], &s[..], "the frame itself is unchanged");
+    }
+
+    // A burst far over 1 Mbit/s: the bucket (10 ms at the rate, at least
+    // one jumbo frame: 9216 bytes) lets about ten of these through.
+    std::thread::sleep(Duration::from_millis(200));
+    let burst: Vec<Vec<u8>> = (0..100).map(|i| frame(100 + (i % 100) as u8)).collect();
+    let back = exchange(&mut port, &burst, Duration::from_secs(2));
+    assert!(
+        (5..=20).contains(&back.len()),
+        "{} of 100 came back",
+        back.len()
+    );
+    let answer = chaingate_agent::launcher::probe_socket(&sock, Duration::from_secs(1)).unwrap();
+    let capped: u64 = answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("capped="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(capped, 100 - back.len() as u64, "{answer}");
+    let _ = std::fs::remove_file(&sock);
+}
