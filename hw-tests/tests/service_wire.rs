@@ -3,13 +3,15 @@
 //! when `--stamp` is given, and no faster than `--cap`.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chaingate_hw_tests::agent::service_binary;
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
-use chaingate_hw_tests::topology::Topology;
+use chaingate_hw_tests::topology::{Link, Topology};
 use chaingate_pktio::afpacket::{AfPacket, wait_readable};
 use chaingate_pktio::{PacketIo, RxBatch};
 use chaingate_services::stamp;
@@ -41,27 +43,17 @@ fn exchange(port: &mut AfPacket, frames: &[Vec<u8>], within: Duration) -> Vec<Ve
     back
 }
 
-#[test]
-fn frames_come_back_stamped_and_capped() {
-    if !require_root() {
-        return;
-    }
-    let mut topo = Topology::new().unwrap();
-    let link = topo.link("svc").unwrap();
-    let sock = std::env::temp_dir().join(format!("cg-svc-{}.sock", std::process::id()));
-    let _service = Service(
+/// Starts `chaingate-service ARGS` on `link.outer` in the test's
+/// namespace, and waits for its probe.
+fn start(topo: &Topology, link: &Link, args: &[&str]) -> (Service, PathBuf) {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let sock = std::env::temp_dir().join(format!("cg-svc-{}-{n}.sock", std::process::id()));
+    let service = Service(
         Command::new("ip")
             .args(["netns", "exec", topo.netns()])
             .arg(service_binary())
-            .args([
-                "monitor",
-                "--iface",
-                &link.outer,
-                "--stamp",
-                "513",
-                "--cap",
-                "1Mbit",
-            ])
+            .args(args)
+            .args(["--iface", &link.outer])
             .arg("--probe")
             .arg(format!("unix:{}", sock.display()))
             .stdout(Stdio::null())
@@ -74,15 +66,33 @@ fn frames_come_back_stamped_and_capped() {
         assert!(Instant::now() < deadline, "the service did not come up");
         std::thread::sleep(Duration::from_millis(20));
     }
+    (service, sock)
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn frame(i: u8) -> Vec<u8> {
+    udp(
+        (Ipv4Addr::new(10, 0, 0, i), 1000),
+        (Ipv4Addr::new(192, 0, 2, 1), 53),
+        true,
+        &[i; 900],
+    )
+}
+
+#[test]
+fn frames_come_back_stamped_and_capped() {
+    if !require_root() {
+        return;
+    }
+    let mut topo = Topology::new().unwrap();
+    let link = topo.link("svc").unwrap();
+    let (_service, sock) = start(
+        &topo,
+        &link,
+        &["monitor", "--stamp", "513", "--cap", "1Mbit"],
+    );
     let mut port = AfPacket::open(&link.inner, 2048).unwrap();
-    let frame = |i: u8| {
-        udp(
-            (Ipv4Addr::new(10, 0, 0, i), 1000),
-            (Ipv4Addr::new(192, 0, 2, 1), 53),
-            true,
-            &[i; 900],
-        )
-    };
 
     // A few frames, well under the cap: each comes back with 513 stamped.
     let sent: Vec<Vec<u8>> = (1..=5).map(frame).collect();
@@ -112,4 +122,58 @@ fn frames_come_back_stamped_and_capped() {
         .unwrap();
     assert_eq!(capped, 100 - back.len() as u64, "{answer}");
     let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn the_firewall_and_the_ids_drop_what_they_must() {
+    if !require_root() {
+        return;
+    }
+    let mut topo = Topology::new().unwrap();
+    let fw_link = topo.link("fw").unwrap();
+    let ids_link = topo.link("ids").unwrap();
+    let (_fw, _) = start(
+        &topo,
+        &fw_link,
+        &[
+            "firewall",
+            "--rule",
+            "deny udp port 23",
+            "--default",
+            "allow",
+        ],
+    );
+    let (_ids, _) = start(
+        &topo,
+        &ids_link,
+        &["ids", "--signature", "EVIL", "--mode", "drop"],
+    );
+    let client = |port: u16, payload: &[u8]| {
+        udp(
+            (Ipv4Addr::new(10, 0, 0, 9), 4000),
+            (Ipv4Addr::new(192, 0, 2, 1), port),
+            true,
+            payload,
+        )
+    };
+
+    let mut fw = AfPacket::open(&fw_link.inner, 2048).unwrap();
+    let back = exchange(
+        &mut fw,
+        &[client(23, b"telnet"), client(53, b"dns")],
+        Duration::from_secs(2),
+    );
+    assert_eq!(back, [client(53, b"dns")], "port 23 denied, 53 allowed");
+
+    let mut ids = AfPacket::open(&ids_link.inner, 2048).unwrap();
+    let back = exchange(
+        &mut ids,
+        &[client(80, b"GET /EVIL"), client(80, b"GET /ok")],
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        back,
+        [client(80, b"GET /ok")],
+        "the signature's frame dropped"
+    );
 }

@@ -10,10 +10,16 @@
 //!   (process instances) or a serial port (VMs).
 //! - [`wire`]: the bump-in-the-wire loop and its counters.
 //! - [`monitor`]: passes everything, counts.
+//! - [`firewall`]: a stateful filter.
+//! - [`ids`]: payload signatures, alert or drop.
+//! - [`cap`], [`stamp`]: what every function can have: a bandwidth cap,
+//!   and the trace stamp tests read.
 
 #![forbid(unsafe_code)]
 
 pub mod cap;
+pub mod firewall;
+pub mod ids;
 pub mod monitor;
 pub mod probe;
 pub mod stamp;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use chaingate_services::cap::Rate;
+use chaingate_services::firewall::{Action, Firewall, Rule, parse_rules};
+use chaingate_services::ids::{Ids, Mode, parse_signature, parse_signatures};
 use chaingate_services::monitor::Monitor;
 use chaingate_services::probe::{self, Channel, Identity};
 use chaingate_services::wire::{self, Counters, Function};
@@ -51,6 +53,69 @@ struct Cli {
 enum FunctionCmd {
     /// Passes every frame; counts.
     Monitor,
+    /// A stateful filter: rules decide a connection's first packet.
+    Firewall {
+        /// A rule: `allow|deny [tcp|udp|icmp|icmpv6|N] [from CIDR] [to CIDR]
+        /// [port N[-M]] [sport N[-M]]`; first match wins (repeatable).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Rules from a file, one per line, after those of --rule.
+        #[arg(long = "rules")]
+        file: Option<std::path::PathBuf>,
+        /// What no rule matches.
+        #[arg(long, value_enum, default_value = "allow")]
+        default: DefaultAction,
+    },
+    /// Payload signatures (Aho-Corasick): alert, or drop.
+    Ids {
+        /// A signature; `\xNN` for a byte (repeatable).
+        #[arg(long = "signature")]
+        signatures: Vec<String>,
+        /// Signatures from a file, one per line.
+        #[arg(long = "signatures")]
+        file: Option<std::path::PathBuf>,
+        /// What a match does.
+        #[arg(long, value_enum, default_value = "alert")]
+        mode: Mode,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DefaultAction {
+    Allow,
+    Deny,
+}
+
+fn firewall(
+    rules: &[String],
+    file: Option<&std::path::Path>,
+    default: DefaultAction,
+) -> Result<Firewall, String> {
+    let mut all = rules
+        .iter()
+        .map(|r| r.parse::<Rule>())
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        all.extend(parse_rules(&text).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    let default = match default {
+        DefaultAction::Allow => Action::Allow,
+        DefaultAction::Deny => Action::Deny,
+    };
+    Ok(Firewall::new(all, default))
+}
+
+fn ids(signatures: &[String], file: Option<&std::path::Path>, mode: Mode) -> Result<Ids, String> {
+    let mut all = signatures
+        .iter()
+        .map(|s| parse_signature(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        all.extend(parse_signatures(&text).map_err(|e| format!("{}: {e}", f.display()))?);
+    }
+    Ids::new(&all, mode)
 }
 
 fn main() -> ExitCode {
@@ -59,8 +124,27 @@ fn main() -> ExitCode {
         eprintln!("chaingate-service: give the VF interface (--iface or CHAINGATE_VF)");
         return ExitCode::from(2);
     };
-    let (service, mut function): (&str, Box<dyn Function>) = match cli.function {
-        FunctionCmd::Monitor => ("monitor", Box::new(Monitor::default())),
+    let made: Result<(&str, Box<dyn Function>), String> = match &cli.function {
+        FunctionCmd::Monitor => Ok(("monitor", Box::new(Monitor::default()))),
+        FunctionCmd::Firewall {
+            rules,
+            file,
+            default,
+        } => firewall(rules, file.as_deref(), *default)
+            .map(|f| ("firewall", Box::new(f) as Box<dyn Function>)),
+        FunctionCmd::Ids {
+            signatures,
+            file,
+            mode,
+        } => ids(signatures, file.as_deref(), *mode)
+            .map(|f| ("ids", Box::new(f) as Box<dyn Function>)),
+    };
+    let (service, mut function) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("chaingate-service: {e}");
+            return ExitCode::from(2);
+        }
     };
     let counters = Arc::new(Counters::default());
     if let Some(channel) = &cli.probe {
