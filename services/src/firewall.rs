@@ -41,7 +41,9 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    fn contains(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is in it.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(p), IpAddr::V4(a)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);

@@ -12,6 +12,7 @@
 //! - [`monitor`]: passes everything, counts.
 //! - [`firewall`]: a stateful filter.
 //! - [`ids`]: payload signatures, alert or drop.
+//! - [`nat`]: source NAT with port allocation.
 //! - [`cap`], [`stamp`]: what every function can have: a bandwidth cap,
 //!   and the trace stamp tests read.
 
@@ -21,6 +22,7 @@ pub mod cap;
 pub mod firewall;
 pub mod ids;
 pub mod monitor;
+pub mod nat;
 pub mod probe;
 pub mod stamp;
 pub mod wire;

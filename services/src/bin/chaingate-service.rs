@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use chaingate_services::cap::Rate;
-use chaingate_services::firewall::{Action, Firewall, Rule, parse_rules};
+use chaingate_services::firewall::{Action, Firewall, Prefix, Rule, parse_rules};
 use chaingate_services::ids::{Ids, Mode, parse_signature, parse_signatures};
 use chaingate_services::monitor::Monitor;
+use chaingate_services::nat::Nat;
 use chaingate_services::probe::{self, Channel, Identity};
 use chaingate_services::wire::{self, Counters, Function};
 use clap::{Parser, Subcommand};
@@ -66,6 +67,18 @@ enum FunctionCmd {
         #[arg(long, value_enum, default_value = "allow")]
         default: DefaultAction,
     },
+    /// Source NAT: inside addresses leave as --to, with a port of --ports.
+    Nat {
+        /// The inside prefix (10.0.0.0/8).
+        #[arg(long)]
+        inside: Prefix,
+        /// The address they leave as.
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        /// The ports to allocate, N-M.
+        #[arg(long, default_value = "1024-65535", value_parser = port_range)]
+        ports: (u16, u16),
+    },
     /// Payload signatures (Aho-Corasick): alert, or drop.
     Ids {
         /// A signature; `\xNN` for a byte (repeatable).
@@ -78,6 +91,16 @@ enum FunctionCmd {
         #[arg(long, value_enum, default_value = "alert")]
         mode: Mode,
     },
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}`: write N-M"))?;
+    match (lo.parse::<u16>(), hi.parse::<u16>()) {
+        (Ok(lo), Ok(hi)) if lo <= hi && lo > 0 => Ok((lo, hi)),
+        _ => Err(format!("`{s}` is not a port range N-M")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -138,6 +161,9 @@ fn main() -> ExitCode {
             mode,
         } => ids(signatures, file.as_deref(), *mode)
             .map(|f| ("ids", Box::new(f) as Box<dyn Function>)),
+        FunctionCmd::Nat { inside, to, ports } => {
+            Ok(("nat", Box::new(Nat::new(*inside, *to, *ports))))
+        }
     };
     let (service, mut function) = match made {
         Ok(m) => m,
