@@ -10,6 +10,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -123,7 +124,9 @@ impl AgentProc {
             .append(true)
             .open(&self.log)?;
         let mut cmd = Command::new(workspace_binary("chaingate-agent", "chaingate-agent"));
-        cmd.arg("--config")
+        // Its own process group, as dpu-fw's.
+        cmd.process_group(0)
+            .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .env_remove("CHAINGATE_CRASH_AT")
@@ -376,22 +379,24 @@ impl AgentRig {
         })
     }
 
-    /// Applies `yaml` with `chaingate apply` and waits until `instance` is
-    /// active and the DPU has the configuration.
+    /// Applies `yaml` with `chaingate apply` and waits until exactly
+    /// `instances` are active and the DPU has the configuration.
     ///
     /// # Panics
     /// If it is refused or does not happen.
-    pub fn apply_and_wait(&self, yaml: &str, instance: &str) -> Value {
+    pub fn apply_and_wait(&self, yaml: &str, instances: &[&str]) -> Value {
         let file = self.agent.dir.join("gateway.yaml");
         std::fs::write(&file, yaml).expect("write the gateway file");
         let out = self
             .agent
             .cli_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
         assert!(out.starts_with("applied"), "{out}");
+        let mut want: Vec<&str> = instances.to_vec();
+        want.sort_unstable();
         self.agent.wait_for(
-            &format!("{instance} on the DPU"),
+            &format!("{want:?} on the DPU"),
             Duration::from_secs(30),
-            |s| instances_in(s, "active") == [instance] && on_dpu(s),
+            |s| instances_in(s, "active") == want && on_dpu(s),
         )
     }
 }

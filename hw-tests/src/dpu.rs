@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -92,7 +93,10 @@ impl DpuFw {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        // Its own process group: a Ctrl-C at the terminal is for the test
+        // or demo, which stops this in its own time.
         let child = Command::new(binary())
+            .process_group(0)
             .arg("run")
             .arg(&self.config)
             .env("RUST_LOG", "info")

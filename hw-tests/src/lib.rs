@@ -32,12 +32,15 @@ pub mod vm;
 /// If it cannot be built.
 #[must_use]
 pub fn workspace_binary(package: &str, name: &str) -> std::path::PathBuf {
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("a test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> (a test or bench), or
+    // target/<profile>/<bin> (the demo) -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("the running binary's path");
+    let parent = exe.parent().expect("a binary lives in a directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    };
     let bin = dir.join(name);
     if !bin.exists() {
         let mut cargo =

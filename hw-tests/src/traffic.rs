@@ -73,3 +73,75 @@ impl Drop for Traffic {
         }
     }
 }
+
+/// Counts the frames arriving on an interface of the test's namespace,
+/// and those whose IPv4 source is `mark` (a NAT's address, say).
+#[derive(Debug)]
+pub struct Sink {
+    stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU64>,
+    marked: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Starts counting on `ifname` in `netns`.
+    ///
+    /// # Errors
+    /// The interface cannot be opened.
+    pub fn start(netns: &str, ifname: &str, mark: std::net::Ipv4Addr) -> io::Result<Self> {
+        use chaingate_pktio::afpacket::wait_readable;
+        use chaingate_pktio::{PacketIo, RxBatch};
+        let mut port =
+            in_netns(netns, || AfPacket::open(ifname, 2048))?.map_err(io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicU64::new(0));
+        let marked = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, seen, marked) = (Arc::clone(&stop), Arc::clone(&seen), Arc::clone(&marked));
+            std::thread::spawn(move || {
+                let mut batch = RxBatch::new(64, 2048);
+                while !stop.load(Ordering::Relaxed) {
+                    if !wait_readable(&[port.raw_fd()], 50) {
+                        continue;
+                    }
+                    let Ok(n) = PacketIo::recv(&mut port, &mut batch) else {
+                        continue;
+                    };
+                    seen.fetch_add(n as u64, Ordering::Relaxed);
+                    let m = (0..n)
+                        .filter_map(|i| batch.frame(i))
+                        .filter(|f| {
+                            f.len() >= 30 && f[12..14] == [0x08, 0x00] && f[26..30] == mark.octets()
+                        })
+                        .count();
+                    marked.fetch_add(m as u64, Ordering::Relaxed);
+                }
+            })
+        };
+        Ok(Self {
+            stop,
+            seen,
+            marked,
+            thread: Some(thread),
+        })
+    }
+
+    /// Frames seen so far, and how many of them came from the mark.
+    #[must_use]
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.seen.load(Ordering::Relaxed),
+            self.marked.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -47,7 +47,7 @@ fn instances_launch_scale_drain_and_are_replaced() {
     let mut wan_host = Endpoint::open(topo.netns(), &wan.outer).unwrap();
 
     // Apply: the minimum (one) is launched, probed, put on the DPU.
-    let status = rig.apply_and_wait(&gateway(), "mon-0");
+    let status = rig.apply_and_wait(&gateway(), &["mon-0"]);
     assert_eq!(status["services"][0]["running"], 1);
     assert!(
         !device_here(&vfs[0].outer),

@@ -46,7 +46,7 @@ fn flow(g: u8, i: u8) -> Vec<u8> {
 
 fn rig(max: u16, hold: &str) -> AgentRig {
     let rig = AgentRig::start(3).unwrap();
-    rig.apply_and_wait(&gateway(max, hold), "mon-0");
+    rig.apply_and_wait(&gateway(max, hold), &["mon-0"]);
     rig
 }
 

@@ -1,0 +1,285 @@
+//! `chaingate-demo`: the gateway on one box, scaling under load.
+//!
+//! Brings up the simulated rig (network namespaces and veths: a lan host,
+//! a wan host, `dpu-fw` on afpacket ports with the software eSwitch, the
+//! host agent with process instances), applies the chain firewall -> ids
+//! -> nat, and sends traffic that ramps up past one firewall's capacity
+//! and back down. A live view shows each instance's load, its sessions,
+//! the packets the eSwitch's rules moved against those the fast path saw,
+//! and the agent's events, while the agent scales the firewall out and in.
+//! Ends with a summary, and removes everything it made (Ctrl-C ends it
+//! early, and still cleans up). Run as root.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chaingate_hw_tests::agent::{AgentRig, instances_in, service_binary};
+use chaingate_hw_tests::frames::udp;
+use chaingate_hw_tests::traffic::{Sink, Traffic};
+use serde_json::Value;
+
+/// The ramp: (seconds, frames per second of 1000 bytes). The firewall has
+/// 16 Mbit/s (2000 frames/s) an instance and scales out at 60%.
+const RAMP: [(u64, u32); 5] = [(12, 400), (12, 900), (24, 1700), (12, 600), (20, 150)];
+
+fn gateway() -> String {
+    let bin = service_binary();
+    let bin = bin.display();
+    format!(
+        "ports:
+  - {{ name: lan, role: lan }}
+  - {{ name: wan, role: wan }}
+services:
+  - name: firewall
+    capacity: 16Mbit
+    scaling: {{ min: 1, max: 3, scale_out_at: 60%, scale_in_at: 25%, hold: 2s, cooldown: 4s, drain_timeout: 3s }}
+    launch: {{ process: [\"{bin}\", firewall, --rule, \"deny tcp port 23\"] }}
+  - name: ids
+    capacity: 200Mbit
+    scaling: {{ min: 1, max: 2 }}
+    launch: {{ process: [\"{bin}\", ids, --signature, \"EVIL\"] }}
+  - name: nat
+    capacity: 200Mbit
+    scaling: {{ min: 1, max: 2 }}
+    launch: {{ process: [\"{bin}\", nat, --inside, 10.0.0.0/8, --to, 198.51.100.1] }}
+chains:
+  - {{ name: web, services: [firewall, ids, nat] }}
+policies:
+  - {{ priority: 10, match: {{ src: 10.0.0.0/8 }}, action: {{ chain: web }} }}
+"
+    )
+}
+
+/// Set by Ctrl-C: the demo stops early and still cleans up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn metrics(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let mut text = String::new();
+    if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let _ = s.read_to_string(&mut text);
+    }
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        })
+        .collect()
+}
+
+fn bar(share: f64, width: usize) -> String {
+    let filled = ((share.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("{}{}", "█".repeat(filled), "·".repeat(width - filled))
+}
+
+fn view(
+    rig: &AgentRig,
+    phase: &str,
+    pps: u32,
+    elapsed: Duration,
+    sent: u64,
+    events: &[Value],
+) -> String {
+    let status = status(rig);
+    let m = metrics(rig.agent.metrics);
+    let mut out = String::from("\x1b[H\x1b[2J");
+    let _ = writeln!(
+        out,
+        "chaingate demo  {:>5.1} s   {phase}: {pps} frames/s of 1 kB ({:.1} Mbit/s)   sent {sent}\n",
+        elapsed.as_secs_f64(),
+        f64::from(pps) * 8.0 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<9} {:<32} {:>6} {:>9}",
+        "INSTANCE", "PHASE", "LOAD (share of capacity)", "USE", "SESSIONS"
+    );
+    for i in status["instances"].as_array().into_iter().flatten() {
+        let load = &i["load"];
+        let share = load["utilisation"].as_f64().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "{:<12} {:<9} {} {:>5.0}% {:>9}",
+            i["name"].as_str().unwrap_or("?"),
+            i["phase"].as_str().unwrap_or("?"),
+            bar(share, 32),
+            share * 100.0,
+            load["sessions"].as_u64().unwrap_or(0)
+        );
+    }
+    let offloaded = m.get("chaingate_offload_sessions").copied().unwrap_or(0.0);
+    let sessions = m.get("chaingate_dpu_sessions").copied().unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "\nDPU: generation {}, {sessions:.0} sessions; rules in the eSwitch for {offloaded:.0} (packets of those skip the fast path)",
+        status["dpu_generation"]
+    );
+    let _ = writeln!(out, "\nevents:");
+    for e in events.iter().rev().take(8).rev() {
+        let _ = writeln!(
+            out,
+            "  {:<19} {:<12} {}",
+            e["kind"].as_str().unwrap_or(""),
+            e["instance"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .or(e["service"].as_str())
+                .unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The agent's status, or null if it cannot be had this second.
+fn status(rig: &AgentRig) -> Value {
+    let out = rig.agent.cli(&["--json", "status"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn events(rig: &AgentRig) -> Vec<Value> {
+    let out = rig.agent.cli(&["--json", "events"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn run() -> Result<(), String> {
+    println!(
+        "chaingate demo: building the simulated rig (namespaces, veths, dpu-fw, the host agent)..."
+    );
+    let rig = AgentRig::start(7).map_err(|e| format!("the rig: {e}"))?;
+    rig.apply_and_wait(&gateway(), &["firewall-0", "ids-0", "nat-0"]);
+    let server = Ipv4Addr::new(192, 0, 2, 80);
+    let public = Ipv4Addr::new(198, 51, 100, 1);
+    let wan = Sink::start(rig.topo.netns(), &rig.wan.outer, public).map_err(|e| e.to_string())?;
+    // Beside the load, ten new short sessions a second (DNS-sized): a new
+    // instance gets new sessions as soon as it is on the DPU.
+    let fresh: Vec<Vec<u8>> = (0..60_000u16)
+        .map(|p| {
+            udp(
+                (Ipv4Addr::new(10, 200, 0, 1), 1024 + p),
+                (server, 53),
+                true,
+                &[0; 64],
+            )
+        })
+        .collect();
+    let trickle =
+        Traffic::start(rig.topo.netns(), &rig.lan.outer, fresh, 10).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut sent_total = 0;
+    let mut peak = 0usize;
+    let mut stage_flows = 0u8;
+    for (secs, pps) in RAMP {
+        // Each stage opens sixteen new sessions: new sessions are what
+        // the DPU can steer to a new instance.
+        stage_flows += 1;
+        let flows: Vec<Vec<u8>> = (1..=16)
+            .map(|i| {
+                udp(
+                    (Ipv4Addr::new(10, stage_flows, 0, i), 4000 + u16::from(i)),
+                    (server, 443),
+                    true,
+                    &[stage_flows; 1000],
+                )
+            })
+            .collect();
+        let traffic = Traffic::start(rig.topo.netns(), &rig.lan.outer, flows, pps)
+            .map_err(|e| e.to_string())?;
+        let phase = format!("stage {stage_flows}/{}", RAMP.len());
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until && !INTERRUPTED.load(Ordering::Relaxed) {
+            let ev = events(&rig);
+            print!(
+                "{}",
+                view(
+                    &rig,
+                    &phase,
+                    pps,
+                    start.elapsed(),
+                    sent_total + traffic.sent(),
+                    &ev
+                )
+            );
+            let _ = std::io::stdout().flush();
+            let active = instances_in(&status(&rig), "active");
+            peak = peak.max(active.iter().filter(|i| i.starts_with("firewall-")).count());
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        sent_total += traffic.sent();
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            println!("\ninterrupted");
+            break;
+        }
+    }
+    sent_total += trickle.sent();
+    drop(trickle);
+    std::thread::sleep(Duration::from_millis(500));
+    let (arrived, natted) = wan.counts();
+    let ev = events(&rig);
+    let count = |k: &str| ev.iter().filter(|e| e["kind"] == k).count();
+    let m = metrics(rig.agent.metrics);
+    println!("\nsummary");
+    println!("  frames sent from the lan host:      {sent_total}");
+    println!(
+        "  frames at the wan host:             {arrived} ({natted} with the NAT's address as source)"
+    );
+    println!("  firewall instances at the peak:     {peak}");
+    println!(
+        "  scale-outs: {}, scale-ins: {}, drains finished: {}",
+        count("scale_out"),
+        count("scale_in"),
+        count("drain_finished")
+    );
+    if let Some(r) = m.get("chaingate_scale_out_reaction_last_seconds{service=\"firewall\"}") {
+        println!(
+            "  last scale-out reaction:            {r:.2} s (load over the watermark to the first session on the new instance)"
+        );
+    }
+    println!(
+        "  events: chaingate --socket {} events",
+        rig.agent.socket.display()
+    );
+    println!("\ncleaning up: instances, the agent, dpu-fw, namespaces and veths");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("chaingate-demo: run as root (it makes network namespaces and veths)");
+        return ExitCode::from(2);
+    }
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chaingate-demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
