@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,8 +95,6 @@ pub struct Counters {
     pub events: Mutex<BTreeMap<(String, String), u64>>,
     /// Provisioning failures by (service, step).
     pub provisioning_failures: Mutex<BTreeMap<(String, String), u64>>,
-    /// Supervisor passes.
-    pub ticks: AtomicU64,
     /// Scale-out reaction times per service: (last, sum, count), seconds.
     pub reactions: Mutex<BTreeMap<String, (f64, f64, u64)>>,
 }
@@ -533,7 +531,6 @@ impl Supervisor {
             if let Err(e) = self.pass() {
                 tracing::error!(error = %e, "supervisor pass failed; retrying");
             }
-            self.shared.counters.ticks.fetch_add(1, Ordering::Relaxed);
             {
                 let (lock, cvar) = &self.shared.ticks;
                 *lock
