@@ -1,9 +1,13 @@
 //! The health probe: a line protocol on a byte stream.
 //!
 //! The host agent writes `probe\n`; a healthy service answers one line,
-//! `ok service=NAME instance=NAME rx=N tx=N dropped=N capped=N\n`. Other requests
-//! are answered `error unknown request`. An instance that does not answer
-//! within the agent's probe timeout is unhealthy.
+//! `ok service=NAME instance=NAME rx=N tx=N dropped=N capped=N\n`. An
+//! instance that does not answer within the agent's probe timeout is
+//! unhealthy.
+//!
+//! A function may answer more requests ([`Report`]): the monitor answers
+//! `flows` with a first line `flows N untracked=N` and then N lines, one
+//! per flow. Anything else is answered `error unknown request`.
 //!
 //! Where the stream comes from ([`Channel`]):
 //! - `unix:PATH`: a Unix socket the service listens on; the agent
@@ -63,10 +67,23 @@ pub struct Identity {
     pub instance: String,
 }
 
+/// Requests a service function answers beyond `probe`.
+pub trait Report: Send + Sync {
+    /// The answer to `request` (trimmed), ending in a newline, or `None`
+    /// when it is not one of this function's.
+    fn answer(&self, request: &str) -> Option<String>;
+}
+
 /// The answer to one request line.
 #[must_use]
-pub fn answer(request: &str, who: &Identity, counters: &Counters) -> String {
-    match request.trim() {
+pub fn answer(
+    request: &str,
+    who: &Identity,
+    counters: &Counters,
+    report: Option<&dyn Report>,
+) -> String {
+    let request = request.trim();
+    match request {
         "probe" => {
             let c = counters.snapshot();
             format!(
@@ -74,7 +91,9 @@ pub fn answer(request: &str, who: &Identity, counters: &Counters) -> String {
                 who.service, who.instance, c.rx, c.tx, c.dropped, c.capped
             )
         }
-        _ => "error unknown request\n".to_owned(),
+        _ => report
+            .and_then(|r| r.answer(request))
+            .unwrap_or_else(|| "error unknown request\n".to_owned()),
     }
 }
 
@@ -83,6 +102,7 @@ fn serve_stream(
     mut writer: impl Write,
     who: &Identity,
     counters: &Counters,
+    report: Option<&dyn Report>,
 ) -> io::Result<()> {
     let mut lines = BufReader::new(reader);
     let mut line = String::new();
@@ -94,12 +114,13 @@ fn serve_stream(
         if line.trim().is_empty() {
             continue;
         }
-        writer.write_all(answer(&line, who, counters).as_bytes())?;
+        writer.write_all(answer(&line, who, counters, report).as_bytes())?;
         writer.flush()?;
     }
 }
 
-/// Starts answering probes on `channel` in a background thread.
+/// Starts answering probes on `channel` in a background thread, and the
+/// function's own requests through `report`.
 ///
 /// # Errors
 /// The socket cannot be bound, or the serial port opened.
@@ -107,6 +128,7 @@ pub fn serve(
     channel: &Channel,
     who: Identity,
     counters: Arc<Counters>,
+    report: Option<Arc<dyn Report>>,
 ) -> io::Result<thread::JoinHandle<()>> {
     match channel {
         Channel::Unix(path) => {
@@ -117,9 +139,11 @@ pub fn serve(
             Ok(thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let (who, counters) = (who.clone(), Arc::clone(&counters));
+                    let report = report.clone();
                     thread::spawn(move || {
                         if let Ok(reader) = stream.try_clone() {
-                            let _ = serve_stream(reader, stream, &who, &counters);
+                            let _ =
+                                serve_stream(reader, stream, &who, &counters, report.as_deref());
                         }
                     });
                 }
@@ -134,7 +158,7 @@ pub fn serve(
                 open().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             Ok(thread::spawn(move || {
                 // A serial port has no end of file; a read error ends it.
-                let _ = serve_stream(reader, writer, &who, &counters);
+                let _ = serve_stream(reader, writer, &who, &counters, report.as_deref());
             }))
         }
     }
@@ -177,7 +201,21 @@ mod tests {
             service: "monitor".into(),
             instance: "mon-0".into(),
         };
-        serve(&Channel::Unix(path.clone()), who, counters).unwrap();
+        struct Echo;
+        impl Report for Echo {
+            fn answer(&self, request: &str) -> Option<String> {
+                request
+                    .strip_prefix("echo ")
+                    .map(|rest| format!("echoed {rest}\n"))
+            }
+        }
+        serve(
+            &Channel::Unix(path.clone()),
+            who,
+            counters,
+            Some(Arc::new(Echo)),
+        )
+        .unwrap();
         let stream = UnixStream::connect(&path).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut writer = stream;
@@ -192,6 +230,11 @@ mod tests {
             "ok service=monitor instance=mon-0 rx=5 tx=4 dropped=1 capped=0\n"
         );
         assert_eq!(ask("hello\n"), "error unknown request\n");
+        assert_eq!(
+            ask("echo hi\n"),
+            "echoed hi\n",
+            "the function's own request"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

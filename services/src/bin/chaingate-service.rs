@@ -13,7 +13,7 @@ use chaingate_services::firewall::{Action, Firewall, Prefix, Rule, parse_rules};
 use chaingate_services::ids::{Ids, Mode, parse_signature, parse_signatures};
 use chaingate_services::monitor::Monitor;
 use chaingate_services::nat::Nat;
-use chaingate_services::probe::{self, Channel, Identity};
+use chaingate_services::probe::{self, Channel, Identity, Report};
 use chaingate_services::wire::{self, Counters, Function};
 use clap::{Parser, Subcommand};
 
@@ -37,9 +37,11 @@ struct Cli {
     #[arg(long, env = "CHAINGATE_CAP", global = true)]
     cap: Option<Rate>,
     /// Add this ID to each passing frame's trace trailer (see the
-    /// services crate's `stamp` module).
-    #[arg(long, env = "CHAINGATE_STAMP", global = true)]
-    stamp: Option<u16>,
+    /// services crate's `stamp` module); `N+` adds the instance's number
+    /// (the digits after the last `-` of its name: `ids-2` with `200+`
+    /// stamps 202).
+    #[arg(long, env = "CHAINGATE_STAMP", global = true, value_parser = stamp_spec)]
+    stamp: Option<(u16, bool)>,
     /// The instance's name, as the agent knows it.
     #[arg(
         long,
@@ -78,6 +80,11 @@ enum FunctionCmd {
         /// The ports to allocate, N-M.
         #[arg(long, default_value = "1024-65535", value_parser = port_range)]
         ports: (u16, u16),
+        /// Split --ports into blocks of this many ports and use the block
+        /// of the instance's number, so that instances of one service
+        /// sharing --to never hand out the same port.
+        #[arg(long)]
+        port_block: Option<u16>,
     },
     /// Payload signatures (Aho-Corasick): alert, or drop.
     Ids {
@@ -100,6 +107,37 @@ fn port_range(s: &str) -> Result<(u16, u16), String> {
     match (lo.parse::<u16>(), hi.parse::<u16>()) {
         (Ok(lo), Ok(hi)) if lo <= hi && lo > 0 => Ok((lo, hi)),
         _ => Err(format!("`{s}` is not a port range N-M")),
+    }
+}
+
+fn stamp_spec(s: &str) -> Result<(u16, bool), String> {
+    let (n, plus) = s.strip_suffix('+').map_or((s, false), |n| (n, true));
+    n.parse()
+        .map(|n| (n, plus))
+        .map_err(|_| format!("`{s}`: write a number 0-65535, or N+"))
+}
+
+/// The instance's number: the digits after the last `-` of its name.
+fn ordinal(instance: &str) -> Option<u16> {
+    instance.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The ports of `instance`'s block of `ports`.
+fn port_block(ports: (u16, u16), block: u16, instance: &str) -> Result<(u16, u16), String> {
+    let size = u32::from(ports.1 - ports.0) + 1;
+    if block == 0 || u32::from(block) > size {
+        return Err(format!(
+            "--port-block {block}: give 1 to {size} (the size of --ports)"
+        ));
+    }
+    let n = ordinal(instance)
+        .ok_or_else(|| format!("--port-block: instance `{instance}` has no number"))?;
+    let blocks = size / u32::from(block);
+    let first = u32::from(ports.0) + (u32::from(n) % blocks) * u32::from(block);
+    let last = first + u32::from(block) - 1;
+    match (u16::try_from(first), u16::try_from(last)) {
+        (Ok(f), Ok(l)) => Ok((f, l)),
+        _ => Err("--port-block: the block is past port 65535".to_owned()),
     }
 }
 
@@ -147,8 +185,13 @@ fn main() -> ExitCode {
         eprintln!("chaingate-service: give the VF interface (--iface or CHAINGATE_VF)");
         return ExitCode::from(2);
     };
+    let mut report: Option<Arc<dyn Report>> = None;
     let made: Result<(&str, Box<dyn Function>), String> = match &cli.function {
-        FunctionCmd::Monitor => Ok(("monitor", Box::new(Monitor::default()))),
+        FunctionCmd::Monitor => {
+            let monitor = Monitor::default();
+            report = Some(Arc::new(monitor.clone()));
+            Ok(("monitor", Box::new(monitor)))
+        }
         FunctionCmd::Firewall {
             rules,
             file,
@@ -161,13 +204,31 @@ fn main() -> ExitCode {
             mode,
         } => ids(signatures, file.as_deref(), *mode)
             .map(|f| ("ids", Box::new(f) as Box<dyn Function>)),
-        FunctionCmd::Nat { inside, to, ports } => {
-            Ok(("nat", Box::new(Nat::new(*inside, *to, *ports))))
-        }
+        FunctionCmd::Nat {
+            inside,
+            to,
+            ports,
+            port_block: block,
+        } => block
+            .map_or(Ok(*ports), |b| port_block(*ports, b, &cli.instance))
+            .map(|ports| {
+                (
+                    "nat",
+                    Box::new(Nat::new(*inside, *to, ports)) as Box<dyn Function>,
+                )
+            }),
     };
-    let (service, mut function) = match made {
-        Ok(m) => m,
-        Err(e) => {
+    let stamp = match cli.stamp {
+        None => Ok(None),
+        Some((n, false)) => Ok(Some(n)),
+        Some((n, true)) => ordinal(&cli.instance)
+            .and_then(|k| n.checked_add(k))
+            .map(Some)
+            .ok_or_else(|| format!("--stamp {n}+: instance `{}` has no number", cli.instance)),
+    };
+    let (service, mut function, stamp) = match (made, stamp) {
+        (Ok((s, f)), Ok(stamp)) => (s, f, stamp),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("chaingate-service: {e}");
             return ExitCode::from(2);
         }
@@ -178,7 +239,7 @@ fn main() -> ExitCode {
             service: service.to_owned(),
             instance: cli.instance.clone(),
         };
-        if let Err(e) = probe::serve(channel, who, Arc::clone(&counters)) {
+        if let Err(e) = probe::serve(channel, who, Arc::clone(&counters), report) {
             eprintln!("chaingate-service: probe on {channel}: {e}");
             return ExitCode::FAILURE;
         }
@@ -187,7 +248,7 @@ fn main() -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     let options = wire::Options {
         cap: cli.cap,
-        stamp: cli.stamp,
+        stamp,
     };
     match wire::run(&iface, function.as_mut(), &options, &counters, &stop) {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,5 +256,30 @@ fn main() -> ExitCode {
             eprintln!("chaingate-service: {iface}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_port_blocks_follow_the_instance_number() {
+        assert_eq!(stamp_spec("7"), Ok((7, false)));
+        assert_eq!(stamp_spec("200+"), Ok((200, true)));
+        assert!(stamp_spec("x+").is_err());
+        assert_eq!(ordinal("nat-12"), Some(12));
+        assert_eq!(ordinal("standalone"), None);
+        let ports = (20_000, 29_999);
+        assert_eq!(port_block(ports, 1000, "nat-0"), Ok((20_000, 20_999)));
+        assert_eq!(port_block(ports, 1000, "nat-3"), Ok((23_000, 23_999)));
+        assert_eq!(
+            port_block(ports, 1000, "nat-10"),
+            Ok((20_000, 20_999)),
+            "numbers past the blocks wrap"
+        );
+        assert!(port_block(ports, 0, "nat-0").is_err());
+        assert!(port_block(ports, 10_001, "nat-0").is_err());
+        assert!(port_block(ports, 1000, "nat").is_err());
     }
 }
