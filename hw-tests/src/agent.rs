@@ -54,6 +54,93 @@ policies:
     )
 }
 
+/// The address the web chain's NAT translates to.
+pub const NAT_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 1);
+
+/// The stamps of the web chain's services: instance `k` of the firewall
+/// stamps `FIREWALL_STAMP + k`, and so on.
+pub const FIREWALL_STAMP: u16 = 100;
+/// See [`FIREWALL_STAMP`].
+pub const IDS_STAMP: u16 = 200;
+/// See [`FIREWALL_STAMP`].
+pub const NAT_STAMP: u16 = 300;
+
+/// The web chain: firewall (denies telnet) -> ids (drops `EVIL`) -> nat
+/// (10.0.0.0/8 leaves as [`NAT_ADDRESS`], 1,000-port blocks per instance),
+/// `chaingate-service` processes, taken by every connection from
+/// 10.0.0.0/8.
+#[derive(Clone, Debug)]
+pub struct WebChain {
+    /// The firewall's capacity.
+    pub firewall_capacity: String,
+    /// The firewall's `scaling` (a YAML flow map).
+    pub firewall_scaling: String,
+    /// The IDS's.
+    pub ids_scaling: String,
+    /// The NAT's.
+    pub nat_scaling: String,
+    /// Whether instances stamp the frames they pass.
+    pub stamps: bool,
+}
+
+impl Default for WebChain {
+    fn default() -> Self {
+        Self {
+            firewall_capacity: "200Mbit".into(),
+            firewall_scaling: "{ min: 1, max: 1 }".into(),
+            ids_scaling: "{ min: 1, max: 1 }".into(),
+            nat_scaling: "{ min: 1, max: 1 }".into(),
+            stamps: true,
+        }
+    }
+}
+
+impl WebChain {
+    /// The gateway file.
+    #[must_use]
+    pub fn gateway(&self) -> String {
+        let bin = service_binary();
+        let bin = bin.display();
+        let stamp = |n: u16| {
+            if self.stamps {
+                format!(", --stamp, \"{n}+\"")
+            } else {
+                String::new()
+            }
+        };
+        format!(
+            "ports:
+  - {{ name: lan, role: lan }}
+  - {{ name: wan, role: wan }}
+services:
+  - name: firewall
+    capacity: {}
+    scaling: {}
+    launch: {{ process: [\"{bin}\", firewall, --rule, \"deny tcp port 23\"{}] }}
+  - name: ids
+    capacity: 200Mbit
+    scaling: {}
+    launch: {{ process: [\"{bin}\", ids, --signature, \"EVIL\", --mode, drop{}] }}
+  - name: nat
+    capacity: 200Mbit
+    scaling: {}
+    launch: {{ process: [\"{bin}\", nat, --inside, 10.0.0.0/8, --to, {NAT_ADDRESS}, --ports, 20000-59999, --port-block, \"1000\"{}] }}
+chains:
+  - {{ name: web, services: [firewall, ids, nat] }}
+policies:
+  - {{ priority: 10, match: {{ src: 10.0.0.0/8 }}, action: {{ chain: web }} }}
+",
+            self.firewall_capacity,
+            self.firewall_scaling,
+            stamp(FIREWALL_STAMP),
+            self.ids_scaling,
+            stamp(IDS_STAMP),
+            self.nat_scaling,
+            stamp(NAT_STAMP),
+        )
+    }
+}
+
 /// A running (or killed) `chaingate-agent`.
 #[derive(Debug)]
 pub struct AgentProc {

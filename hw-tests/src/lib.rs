@@ -6,6 +6,7 @@
 //!   a test fails), with names no other run uses.
 //! - [`endpoint`]: sending and receiving raw frames on an interface.
 //! - [`frames`]: the frames tests send.
+//! - [`flows`]: the traffic tool: flows sent, checked and answered.
 //! - [`reflector`]: a bump-in-the-wire stand-in for a service instance.
 //! - [`dpu`]: `dpu-fw` as a child process with a generated configuration.
 //! - [`labrig`]: the description of a real BlueField rig (opt-in tests).
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod dpu;
 pub mod endpoint;
+pub mod flows;
 pub mod frames;
 pub mod labrig;
 pub mod netns;

@@ -245,7 +245,9 @@ impl Firewall {
                     .copied()
             })
             .flatten();
-        let (norm, _) = key.normalised();
+        // The outer tag is the DPU's segment tag, one per hop and
+        // direction: a connection's answers come back under another one.
+        let (norm, _) = key.with_vlans(key.vlans().without_outer()).normalised();
         if let Some(c) = self.conns.get_mut(&norm) {
             let timeout = if c.tcp {
                 Duration::from_secs(300)
@@ -404,6 +406,29 @@ mod tests {
             Verdict::Drop
         );
         assert_eq!(fw.invalid, 1);
+    }
+
+    /// `f` with an 802.1Q tag `vid` after the MAC addresses.
+    fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
+        let mut t = f[..12].to_vec();
+        t.extend_from_slice(&0x8100u16.to_be_bytes());
+        t.extend_from_slice(&vid.to_be_bytes());
+        t.extend_from_slice(&f[12..]);
+        t
+    }
+
+    #[test]
+    fn replies_under_another_segment_tag_are_the_same_connection() {
+        let mut fw = Firewall::new(parse_rules("allow tcp port 80\n").unwrap(), Action::Deny);
+        let t = Instant::now();
+        let c = ([10, 0, 0, 1], 40000);
+        let s = ([192, 0, 2, 80], 80);
+        // The DPU tags lan-to-wan traffic of this hop 100, the answers 101.
+        let syn = tagged(&frame(IpProtocol::Tcp, c, s, SYN), 100);
+        assert_eq!(fw.decide(&syn, t), Verdict::Pass);
+        let synack = tagged(&frame(IpProtocol::Tcp, s, c, SYNACK), 101);
+        assert_eq!(fw.decide(&synack, t), Verdict::Pass);
+        assert_eq!((fw.tracked(), fw.invalid), (1, 0));
     }
 
     #[test]

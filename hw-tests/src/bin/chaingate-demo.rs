@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chaingate_hw_tests::agent::{AgentRig, instances_in, service_binary};
+use chaingate_hw_tests::agent::{AgentRig, NAT_ADDRESS, WebChain, instances_in};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::traffic::{Sink, Traffic};
 use serde_json::Value;
@@ -28,31 +28,14 @@ use serde_json::Value;
 const RAMP: [(u64, u32); 5] = [(12, 400), (12, 900), (24, 1700), (12, 600), (20, 150)];
 
 fn gateway() -> String {
-    let bin = service_binary();
-    let bin = bin.display();
-    format!(
-        "ports:
-  - {{ name: lan, role: lan }}
-  - {{ name: wan, role: wan }}
-services:
-  - name: firewall
-    capacity: 16Mbit
-    scaling: {{ min: 1, max: 3, scale_out_at: 60%, scale_in_at: 25%, hold: 2s, cooldown: 4s, drain_timeout: 3s }}
-    launch: {{ process: [\"{bin}\", firewall, --rule, \"deny tcp port 23\"] }}
-  - name: ids
-    capacity: 200Mbit
-    scaling: {{ min: 1, max: 2 }}
-    launch: {{ process: [\"{bin}\", ids, --signature, \"EVIL\"] }}
-  - name: nat
-    capacity: 200Mbit
-    scaling: {{ min: 1, max: 2 }}
-    launch: {{ process: [\"{bin}\", nat, --inside, 10.0.0.0/8, --to, 198.51.100.1] }}
-chains:
-  - {{ name: web, services: [firewall, ids, nat] }}
-policies:
-  - {{ priority: 10, match: {{ src: 10.0.0.0/8 }}, action: {{ chain: web }} }}
-"
-    )
+    WebChain {
+        firewall_capacity: "16Mbit".into(),
+        firewall_scaling: "{ min: 1, max: 3, scale_out_at: 60%, scale_in_at: 25%, hold: 2s, cooldown: 4s, drain_timeout: 3s }".into(),
+        ids_scaling: "{ min: 1, max: 2 }".into(),
+        nat_scaling: "{ min: 1, max: 2 }".into(),
+        stamps: false,
+    }
+    .gateway()
 }
 
 /// Set by Ctrl-C: the demo stops early and still cleans up.
@@ -163,7 +146,7 @@ fn run() -> Result<(), String> {
     let rig = AgentRig::start(7).map_err(|e| format!("the rig: {e}"))?;
     rig.apply_and_wait(&gateway(), &["firewall-0", "ids-0", "nat-0"]);
     let server = Ipv4Addr::new(192, 0, 2, 80);
-    let public = Ipv4Addr::new(198, 51, 100, 1);
+    let public = NAT_ADDRESS;
     let wan = Sink::start(rig.topo.netns(), &rig.wan.outer, public).map_err(|e| e.to_string())?;
     // Beside the load, ten new short sessions a second (DNS-sized): a new
     // instance gets new sessions as soon as it is on the DPU.
