@@ -430,6 +430,15 @@ impl AgentRig {
     /// # Errors
     /// A part does not come up.
     pub fn start(n: usize) -> io::Result<Self> {
+        Self::start_with(n, "")
+    }
+
+    /// A rig with `n` VFs and `dpu_extra` added to dpu-fw's configuration
+    /// (`offload: { capacity: 40 }`).
+    ///
+    /// # Errors
+    /// A part does not come up.
+    pub fn start_with(n: usize, dpu_extra: &str) -> io::Result<Self> {
         let mut topo = crate::topology::Topology::new()?;
         let lan = topo.link("lan")?;
         let wan = topo.link("wan")?;
@@ -449,7 +458,7 @@ impl AgentRig {
             .iter()
             .map(|(p, d, r)| (p.as_str(), d.as_str(), *r))
             .collect();
-        let dpu = crate::dpu::DpuFw::start(&ports, "sessions: 1024\n")?;
+        let dpu = crate::dpu::DpuFw::start(&ports, &format!("sessions: 1024\n{dpu_extra}"))?;
         let list: Vec<String> = vfs
             .iter()
             .enumerate()

@@ -169,6 +169,27 @@ impl DpuFw {
         }
     }
 
+    /// The DPU's counters, for a test without a runtime of its own.
+    ///
+    /// # Panics
+    /// No answer.
+    #[must_use]
+    pub fn stats(&self) -> chaingate_proto::dpu::Stats {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            self.client()
+                .await
+                .expect("dpu-fw's control API")
+                .get_stats(chaingate_proto::dpu::GetStatsRequest {})
+                .await
+                .expect("stats")
+                .into_inner()
+        })
+    }
+
     /// A control API client.
     ///
     /// # Errors
