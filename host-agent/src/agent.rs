@@ -1095,7 +1095,7 @@ impl Supervisor {
                 {
                     continue;
                 }
-                self.launch_new(service, &records);
+                self.launch_new(service);
             } else if count > target {
                 // The one with the fewest sessions goes (the fewest cut at
                 // the drain timeout), the newest of those; a starting one
@@ -1160,11 +1160,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn launch_new(
-        &mut self,
-        service: &file::ServiceFile,
-        records: &BTreeMap<String, InstanceRecord>,
-    ) {
+    fn launch_new(&mut self, service: &file::ServiceFile) {
         let shared = Arc::clone(&self.shared);
         let parts = &shared.parts;
         let Ok(program) = program_of(service) else {
@@ -1177,6 +1173,15 @@ impl Supervisor {
         };
         let Some(launcher) = launcher_of(parts, kind) else {
             return;
+        };
+        // Read now, not from the pass's snapshot: an instance launched
+        // earlier in this pass holds its VF already.
+        let records = match parts.store.instances() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the instances");
+                return;
+            }
         };
         let used: BTreeSet<&VfRef> = records.values().map(|r| &r.vf).collect();
         let Some(vf) = parts.pool.free(launcher.vf_kinds(), &used) else {

@@ -49,11 +49,27 @@ fn the_highest_priority_wins_bypass_skips_drop_stops() {
     let to = |a: [u8; 4], port: u16| SocketAddrV4::new(Ipv4Addr::from(a), port);
     // (client, server, the stamps every frame must carry; None: dropped)
     let cases: [(SocketAddrV4, SocketAddrV4, Option<Vec<u16>>); 6] = [
-        (to([10, 0, 0, 1], 5000), to([192, 0, 2, 10], 80), Some(vec![10, 20])),
-        (to([10, 0, 0, 1], 5000), to([192, 0, 2, 200], 80), Some(vec![10])),
-        (to([10, 0, 0, 1], 5000), to([192, 0, 2, 10], 443), Some(vec![10])),
+        (
+            to([10, 0, 0, 1], 5000),
+            to([192, 0, 2, 10], 80),
+            Some(vec![10, 20]),
+        ),
+        (
+            to([10, 0, 0, 1], 5000),
+            to([192, 0, 2, 200], 80),
+            Some(vec![10]),
+        ),
+        (
+            to([10, 0, 0, 1], 5000),
+            to([192, 0, 2, 10], 443),
+            Some(vec![10]),
+        ),
         (to([10, 0, 0, 1], 5000), to([192, 0, 2, 10], 23), None),
-        (to([10, 9, 0, 1], 5000), to([192, 0, 2, 10], 23), Some(vec![])),
+        (
+            to([10, 9, 0, 1], 5000),
+            to([192, 0, 2, 10], 23),
+            Some(vec![]),
+        ),
         (to([10, 0, 0, 1], 5000), to([198, 18, 0, 1], 80), None),
     ];
     let before = rig.dpu.stats();

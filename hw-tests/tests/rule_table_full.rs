@@ -41,7 +41,10 @@ fn sessions_past_the_rule_table_stay_in_software_and_nothing_is_lost() {
         offload.refused.get("full").copied().unwrap_or(0) > 0,
         "sessions were refused for a full table: {offload:?}"
     );
-    assert!(offload.sessions > 0, "some sessions are in the table: {offload:?}");
+    assert!(
+        offload.sessions > 0,
+        "some sessions are in the table: {offload:?}"
+    );
     assert!(offload.rules <= 40, "never past the capacity: {offload:?}");
     assert!(
         switch.out > 0 && switch.to_software > 0,
