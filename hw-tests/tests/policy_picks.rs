@@ -88,7 +88,7 @@ fn the_highest_priority_wins_bypass_skips_drop_stops() {
                 assert_eq!(out.back.lost(&plan), 0, "{what}: answers");
                 assert_eq!(
                     out.forward.stamps().into_keys().collect::<Vec<_>>(),
-                    [stamps.clone()],
+                    std::slice::from_ref(&stamps),
                     "{what}"
                 );
                 let back: Vec<u16> = stamps.iter().rev().copied().collect();
