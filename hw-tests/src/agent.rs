@@ -497,6 +497,36 @@ impl AgentRig {
     }
 }
 
+impl AgentRig {
+    /// Runs the traffic tool from the lan host to the wan host.
+    ///
+    /// # Panics
+    /// The hosts' interfaces cannot be opened.
+    #[must_use]
+    pub fn traffic(&self, plan: &crate::flows::Plan) -> crate::flows::Outcome {
+        let netns = self.topo.netns();
+        crate::flows::run(plan, (netns, &self.lan.outer), (netns, &self.wan.outer))
+            .expect("the traffic tool")
+    }
+
+    /// As [`AgentRig::traffic`], on a thread of its own, while the test
+    /// does something else.
+    #[must_use]
+    pub fn traffic_in_background(
+        &self,
+        plan: crate::flows::Plan,
+    ) -> std::thread::JoinHandle<crate::flows::Outcome> {
+        let (netns, lan, wan) = (
+            self.topo.netns().to_owned(),
+            self.lan.outer.clone(),
+            self.wan.outer.clone(),
+        );
+        std::thread::spawn(move || {
+            crate::flows::run(&plan, (&netns, &lan), (&netns, &wan)).expect("the traffic tool")
+        })
+    }
+}
+
 /// The DPU is connected and runs the configuration the agent pushed last.
 #[must_use]
 pub fn on_dpu(status: &Value) -> bool {

@@ -26,16 +26,13 @@ fn frames_pass_the_chain_in_order_and_answers_in_reverse() {
         &WebChain::default().gateway(),
         &["firewall-0", "ids-0", "nat-0"],
     );
-    let netns = rig.topo.netns();
-    let lan = (netns, rig.lan.outer.as_str());
-    let wan = (netns, rig.wan.outer.as_str());
 
     for mut plan in [Plan::tcp(8, 40, 800), Plan::udp(8, 40, 800)] {
         plan.clients = 4;
         plan.echo = true;
         plan.size = 300;
         let what = format!("{:?}", plan.proto);
-        let out = flows::run(&plan, lan, wan).unwrap();
+        let out = rig.traffic(&plan);
         let total = u64::from(plan.flows * plan.packets);
         if plan.proto == flows::Proto::Tcp {
             assert_eq!(out.opened, plan.flows, "{what}: every handshake completed");

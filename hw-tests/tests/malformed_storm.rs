@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use chaingate_hw_tests::agent::{AgentRig, WebChain, instances_in};
 use chaingate_hw_tests::endpoint::Endpoint;
-use chaingate_hw_tests::flows::{self, Plan};
+use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
 
@@ -83,14 +83,9 @@ fn a_storm_of_malformed_frames_harms_nothing() {
             }
         })
     };
-    let netns = rig.topo.netns();
     let mut plan = Plan::tcp(16, 60, 800);
     plan.echo = true;
-    let out = flows::run(
-        &plan,
-        (netns, rig.lan.outer.as_str()),
-        (netns, rig.wan.outer.as_str()),
-    );
+    let out = rig.traffic_in_background(plan.clone()).join();
     stop.store(true, Ordering::Relaxed);
     storm.join().unwrap();
     let out = out.unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use chaingate_hw_tests::agent::{
     AgentRig, FIREWALL_STAMP, IDS_STAMP, NAT_ADDRESS, NAT_STAMP, WebChain,
 };
-use chaingate_hw_tests::flows::{self, Plan};
+use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
 
 #[test]
@@ -22,16 +22,10 @@ fn answers_return_through_the_nat_instance_that_translated_them() {
         ..WebChain::default()
     };
     rig.apply_and_wait(&chain.gateway(), &["firewall-0", "ids-0", "nat-0", "nat-1"]);
-    let netns = rig.topo.netns();
     let mut plan = Plan::tcp(24, 20, 600);
     plan.clients = 6;
     plan.echo = true;
-    let out = flows::run(
-        &plan,
-        (netns, rig.lan.outer.as_str()),
-        (netns, rig.wan.outer.as_str()),
-    )
-    .unwrap();
+    let out = rig.traffic(&plan);
     assert_eq!(out.opened, plan.flows, "every handshake completed");
     assert_eq!(out.forward.lost(&plan), 0, "{}", rig.dpu.log());
     assert_eq!(out.back.lost(&plan), 0);

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use chaingate_hw_tests::agent::{AgentRig, service_binary};
-use chaingate_hw_tests::flows::{self, Plan};
+use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
 
 fn gateway() -> String {
@@ -41,11 +41,6 @@ fn the_highest_priority_wins_bypass_skips_drop_stops() {
     }
     let rig = AgentRig::start(2).unwrap();
     rig.apply_and_wait(&gateway(), &["a-0", "b-0"]);
-    let netns = rig.topo.netns();
-    let (lan, wan) = (
-        (netns, rig.lan.outer.as_str()),
-        (netns, rig.wan.outer.as_str()),
-    );
     let to = |a: [u8; 4], port: u16| SocketAddrV4::new(Ipv4Addr::from(a), port);
     // (client, server, the stamps every frame must carry; None: dropped)
     let cases: [(SocketAddrV4, SocketAddrV4, Option<Vec<u16>>); 6] = [
@@ -80,7 +75,7 @@ fn the_highest_priority_wins_bypass_skips_drop_stops() {
         plan.server = server;
         plan.echo = true;
         plan.settle = std::time::Duration::from_millis(300);
-        let out = flows::run(&plan, lan, wan).unwrap();
+        let out = rig.traffic(&plan);
         let what = format!("{client} -> {server}");
         match want {
             Some(stamps) => {

@@ -3,7 +3,7 @@
 //! sent the wrong way. The DPU reports them as refused for `full`.
 
 use chaingate_hw_tests::agent::{AgentRig, FIREWALL_STAMP, IDS_STAMP, NAT_STAMP, WebChain};
-use chaingate_hw_tests::flows::{self, Plan};
+use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
 
 #[test]
@@ -16,16 +16,10 @@ fn sessions_past_the_rule_table_stay_in_software_and_nothing_is_lost() {
         &WebChain::default().gateway(),
         &["firewall-0", "ids-0", "nat-0"],
     );
-    let netns = rig.topo.netns();
     let mut plan = Plan::tcp(32, 30, 1500);
     plan.clients = 8;
     plan.echo = true;
-    let out = flows::run(
-        &plan,
-        (netns, rig.lan.outer.as_str()),
-        (netns, rig.wan.outer.as_str()),
-    )
-    .unwrap();
+    let out = rig.traffic(&plan);
     let stats = rig.dpu.stats();
     let offload = stats.offload.unwrap_or_default();
     let switch = stats.switch.unwrap_or_default();
