@@ -183,6 +183,16 @@ impl FlowSeen {
     pub fn lost(&self) -> u64 {
         self.seen.iter().filter(|s| !**s).count() as u64
     }
+
+    /// The sequence numbers of those frames.
+    #[must_use]
+    pub fn missing(&self) -> Vec<u32> {
+        (0..)
+            .zip(&self.seen)
+            .filter(|(_, s)| !**s)
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// What one side received.
