@@ -30,14 +30,20 @@ fn connections_survive_a_dpu_restart() {
     let down = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     rig.dpu.restart().unwrap();
-    let status = rig.agent.wait_for("configured again", Duration::from_secs(10), on_dpu);
+    let status = rig
+        .agent
+        .wait_for("configured again", Duration::from_secs(10), on_dpu);
     let outage = down.elapsed();
     let out = traffic.join().unwrap();
 
     assert_ne!(rig.dpu.stats().boot_id, boot, "it really restarted");
     assert_eq!(instances_in(&status, "active"), NAMES);
     for name in NAMES {
-        assert_eq!(pid_of(&status, name), pid_of(&before, name), "{name} untouched");
+        assert_eq!(
+            pid_of(&status, name),
+            pid_of(&before, name),
+            "{name} untouched"
+        );
     }
     assert_eq!(out.opened, plan.flows);
     assert_eq!((out.forward.corrupt, out.back.corrupt), (0, 0));
