@@ -1,0 +1,173 @@
+//! The rig bench (run as root; `ci/bench` runs it):
+//! `cargo bench -p chaingate-hw-tests --bench rig`.
+//!
+//! Throughput and latency from the lan host to the wan host on the
+//! simulated rig, for three set-ups measured in the same run:
+//!
+//! - `veth ceiling`: the same veths with no gateway, the kernel passing
+//!   frames straight from the lan link to the wan link (tc mirred): what
+//!   the rig itself can carry, the baseline of the ratios;
+//! - `dpu-fw bypass`: dpu-fw between them, every connection bypassing
+//!   the services (its fast path and software eSwitch only);
+//! - `3-hop chain`: firewall -> ids -> nat, `chaingate-service` processes
+//!   launched by the agent, every connection through all three.
+//!
+//! Throughput: 64 UDP flows offered as fast as the lan host's socket
+//! takes them, 64- and 1500-byte frames (Ethernet, without FCS); Mpps and
+//! Gb/s received at the wan host over the sending time, loss of what was
+//! sent. Latency: one way, 16 flows at 2,000 frames/s, 128-byte frames.
+//! These machines are shared: compare the ratios, not the absolute
+//! figures, across runs.
+
+use std::time::Duration;
+
+use chaingate_hw_tests::agent::{AgentRig, WebChain};
+use chaingate_hw_tests::flows::{self, Outcome, Plan};
+use chaingate_hw_tests::topology::{Topology, run};
+
+#[derive(Clone, Copy, Debug)]
+struct Throughput {
+    offered_pps: f64,
+    pps: f64,
+    loss: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+}
+
+struct Setup {
+    name: &'static str,
+    by_size: Vec<(usize, Throughput)>,
+    latency: Latency,
+}
+
+fn throughput(size: usize, go: &dyn Fn(&Plan) -> Outcome) -> Throughput {
+    let packets = if size < 200 { 3_000 } else { 1_000 };
+    let mut plan = Plan::udp(64, packets, 0);
+    plan.size = size;
+    plan.settle = Duration::from_secs(1);
+    let out = go(&plan);
+    let secs = out.sending.as_secs_f64().max(1e-6);
+    let got = out.forward.frames() as f64;
+    Throughput {
+        offered_pps: out.sent as f64 / secs,
+        pps: got / secs,
+        loss: 1.0 - got / (out.sent.max(1) as f64),
+    }
+}
+
+fn latency(go: &dyn Fn(&Plan) -> Outcome) -> Latency {
+    let plan = Plan::udp(16, 250, 2_000);
+    let out = go(&plan);
+    let p = |q| out.forward.latency.percentile(q).unwrap_or_default();
+    Latency {
+        p50: p(50.0),
+        p90: p(90.0),
+        p99: p(99.0),
+    }
+}
+
+fn measure(name: &'static str, go: &dyn Fn(&Plan) -> Outcome) -> Setup {
+    // A short run first: ARP-free veths still warm caches and rings.
+    let _ = go(&Plan::udp(4, 100, 0));
+    let by_size = [64, 1500].map(|s| (s, throughput(s, go))).to_vec();
+    let latency = latency(go);
+    eprintln!("measured: {name}");
+    Setup {
+        name,
+        by_size,
+        latency,
+    }
+}
+
+fn ceiling() -> Setup {
+    let mut topo = Topology::new().expect("netns");
+    let lan = topo.link("lan").expect("veth");
+    let wan = topo.link("wan").expect("veth");
+    for (from, to) in [(&lan.inner, &wan.inner), (&wan.inner, &lan.inner)] {
+        run("tc", &["qdisc", "add", "dev", from, "ingress"]).expect("tc qdisc");
+        run(
+            "tc",
+            &[
+                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
+                "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+            ],
+        )
+        .expect("tc mirred");
+    }
+    let netns = topo.netns().to_owned();
+    measure("veth ceiling", &|plan| {
+        flows::run(plan, (&netns, &lan.outer), (&netns, &wan.outer)).expect("traffic")
+    })
+}
+
+fn bypass() -> Setup {
+    let rig = AgentRig::start(0).expect("rig");
+    rig.apply_and_wait(
+        "ports:\n  - { name: lan, role: lan }\n  - { name: wan, role: wan }\n\
+         services: []\nchains: []\npolicies: []\ndefault_action: bypass\n",
+        &[],
+    );
+    measure("dpu-fw bypass", &|plan| rig.traffic(plan))
+}
+
+fn chain() -> Setup {
+    let rig = AgentRig::start(3).expect("rig");
+    let chain = WebChain {
+        firewall_capacity: "10Gbit".into(),
+        stamps: false,
+        ..WebChain::default()
+    };
+    rig.apply_and_wait(&chain.gateway(), &["firewall-0", "ids-0", "nat-0"]);
+    measure("3-hop chain", &|plan| rig.traffic(plan))
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the rig bench needs root (network namespaces, raw sockets)");
+        std::process::exit(2);
+    }
+    let setups = [ceiling(), bypass(), chain()];
+    let base = &setups[0];
+    println!(
+        "\nrig bench: lan -> wan on the simulated rig (ratios against the veth ceiling of this run)"
+    );
+    println!(
+        "{:<14} {:>6} {:>10} {:>9} {:>8} {:>7} {:>7}",
+        "set-up", "frame", "offered", "Mpps", "Gb/s", "loss", "ratio"
+    );
+    for s in &setups {
+        for ((size, t), (_, b)) in s.by_size.iter().zip(&base.by_size) {
+            println!(
+                "{:<14} {:>5}B {:>8.3}Mp {:>9.3} {:>8.3} {:>6.1}% {:>6.2}x",
+                s.name,
+                size,
+                t.offered_pps / 1e6,
+                t.pps / 1e6,
+                t.pps * (*size as f64) * 8.0 / 1e9,
+                t.loss * 100.0,
+                t.pps / b.pps.max(1.0),
+            );
+        }
+    }
+    println!(
+        "\n{:<14} {:>10} {:>10} {:>10} {:>12}",
+        "latency", "p50", "p90", "p99", "p50 ratio"
+    );
+    for s in &setups {
+        println!(
+            "{:<14} {:>10.1?} {:>10.1?} {:>10.1?} {:>11.2}x",
+            s.name,
+            s.latency.p50,
+            s.latency.p90,
+            s.latency.p99,
+            s.latency.p50.as_secs_f64() / base.latency.p50.as_secs_f64().max(1e-9),
+        );
+    }
+}
