@@ -81,6 +81,10 @@ pub struct WebChain {
     pub nat_scaling: String,
     /// Whether instances stamp the frames they pass.
     pub stamps: bool,
+    /// How the agent launches a service (`firewall`, `ids`, `nat`), a
+    /// YAML flow map, instead of `chaingate-service` processes: a LabRig's
+    /// VM images, which must run the functions with the arguments above.
+    pub launch: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for WebChain {
@@ -91,6 +95,7 @@ impl Default for WebChain {
             ids_scaling: "{ min: 1, max: 1 }".into(),
             nat_scaling: "{ min: 1, max: 1 }".into(),
             stamps: true,
+            launch: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -108,6 +113,12 @@ impl WebChain {
                 String::new()
             }
         };
+        let launch = |service: &str, args: String| {
+            self.launch
+                .get(service)
+                .cloned()
+                .unwrap_or_else(|| format!("{{ process: [\"{bin}\", {args}] }}"))
+        };
         format!(
             "ports:
   - {{ name: lan, role: lan }}
@@ -116,15 +127,15 @@ services:
   - name: firewall
     capacity: {}
     scaling: {}
-    launch: {{ process: [\"{bin}\", firewall, --rule, \"deny tcp port 23\"{}] }}
+    launch: {}
   - name: ids
     capacity: 200Mbit
     scaling: {}
-    launch: {{ process: [\"{bin}\", ids, --signature, \"EVIL\", --mode, drop{}] }}
+    launch: {}
   - name: nat
     capacity: 200Mbit
     scaling: {}
-    launch: {{ process: [\"{bin}\", nat, --inside, 10.0.0.0/8, --to, {NAT_ADDRESS}, --ports, 20000-59999, --port-block, \"1000\"{}] }}
+    launch: {}
 chains:
   - {{ name: web, services: [firewall, ids, nat] }}
 policies:
@@ -132,133 +143,70 @@ policies:
 ",
             self.firewall_capacity,
             self.firewall_scaling,
-            stamp(FIREWALL_STAMP),
+            launch(
+                "firewall",
+                format!(
+                    "firewall, --rule, \"deny tcp port 23\"{}",
+                    stamp(FIREWALL_STAMP)
+                )
+            ),
             self.ids_scaling,
-            stamp(IDS_STAMP),
+            launch(
+                "ids",
+                format!("ids, --signature, EVIL, --mode, drop{}", stamp(IDS_STAMP))
+            ),
             self.nat_scaling,
-            stamp(NAT_STAMP),
+            launch(
+                "nat",
+                format!(
+                    "nat, --inside, 10.0.0.0/8, --to, {NAT_ADDRESS}, --ports, 20000-59999, \
+                     --port-block, \"1000\"{}",
+                    stamp(NAT_STAMP)
+                )
+            ),
         )
     }
 }
 
-/// A running (or killed) `chaingate-agent`.
-#[derive(Debug)]
-pub struct AgentProc {
-    child: Option<Child>,
-    config: PathBuf,
-    log: PathBuf,
-    /// The scratch directory (state, sockets, logs).
-    pub dir: PathBuf,
+/// An agent driven through the `chaingate` CLI, as an operator would: one
+/// the test started ([`AgentProc`] derefs to it), or one already running
+/// (a LabRig's).
+#[derive(Clone, Debug)]
+pub struct AgentCli {
     /// The API socket.
     pub socket: PathBuf,
-    /// The instances' run directory.
-    pub run_dir: PathBuf,
-    /// The metrics address.
-    pub metrics: SocketAddr,
+    /// Its log file, for failure messages.
+    pub log: Option<PathBuf>,
 }
 
-impl AgentProc {
-    /// Starts an agent talking to the DPU at `dpu`, with `vfs` (YAML flow
-    /// list items, `{ port: vf0, netdev: x }`) and `extra` configuration.
+impl AgentCli {
+    /// Applies `yaml` with `chaingate apply` and waits up to `within`
+    /// until exactly `instances` are active and the DPU has the
+    /// configuration.
     ///
-    /// # Errors
-    /// It does not come up (its log is in the error).
-    pub fn start(dpu: &str, vfs: &[String], extra: &str) -> io::Result<Self> {
+    /// # Panics
+    /// If it is refused or does not happen.
+    pub fn apply_and_wait(&self, yaml: &str, instances: &[&str], within: Duration) -> Value {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("cg-agent-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let socket = dir.join("agent.sock");
-        let run_dir = dir.join("run");
-        let mut text = format!(
-            "socket: {}\nstate: {}\nrun_dir: {}\ndpu: \"{dpu}\"\nmetrics: \"{metrics}\"\n\
-             probe: {{ interval: 200ms, timeout: 1s, start_timeout: 30s, failures: 2 }}\nstop_timeout: 3s\nvfs:\n",
-            socket.display(),
-            dir.join("state.redb").display(),
-            run_dir.display(),
-        );
-        for v in vfs {
-            text.push_str(&format!("  - {v}\n"));
-        }
-        if vfs.is_empty() {
-            text = text.replace("vfs:\n", "vfs: []\n");
-        }
-        text.push_str(extra);
-        let config = dir.join("agent.yaml");
-        std::fs::write(&config, text)?;
-        let mut agent = Self {
-            child: None,
-            config,
-            log: dir.join("agent.log"),
-            dir,
-            socket,
-            run_dir,
-            metrics,
-        };
-        agent.spawn(&[])?;
-        Ok(agent)
-    }
-
-    /// Starts the agent process again (after [`Self::kill`]), with `env`
-    /// added (`CHAINGATE_CRASH_AT`), and waits until it serves, or exits.
-    ///
-    /// # Errors
-    /// It exits before serving, or does not serve in time.
-    pub fn spawn(&mut self, env: &[(&str, &str)]) -> io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut cmd = Command::new(workspace_binary("chaingate-agent", "chaingate-agent"));
-        // Its own process group, as dpu-fw's.
-        cmd.process_group(0)
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .env_remove("CHAINGATE_CRASH_AT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = self.child.insert(cmd.spawn()?);
-        let socket = self.socket.clone();
-        crate::wait_ready(child, "the agent", &self.log, || {
-            UnixStream::connect(&socket).is_ok()
+        let file = std::env::temp_dir().join(format!("cg-gateway-{}-{n}.yaml", std::process::id()));
+        std::fs::write(&file, yaml).expect("write the gateway file");
+        let out = self.cli_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_file(&file);
+        assert!(out.starts_with("applied"), "{out}");
+        let mut want: Vec<&str> = instances.to_vec();
+        want.sort_unstable();
+        self.wait_for(&format!("{want:?} on the DPU"), within, |s| {
+            instances_in(s, "active") == want && on_dpu(s)
         })
     }
 
-    /// SIGKILLs the agent (its instances keep running).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Waits for the agent to exit by itself (a crash point).
-    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(s) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    /// The agent's log.
+    /// The agent's log, when the test has it.
     #[must_use]
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
     }
 
     /// Runs `chaingate --socket S ARGS...`.
@@ -328,6 +276,132 @@ impl AgentProc {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
             .collect()
+    }
+}
+
+impl std::ops::Deref for AgentProc {
+    type Target = AgentCli;
+
+    fn deref(&self) -> &AgentCli {
+        &self.cli
+    }
+}
+
+/// A running (or killed) `chaingate-agent`.
+#[derive(Debug)]
+pub struct AgentProc {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    /// The CLI on its socket.
+    pub cli: AgentCli,
+    /// The scratch directory (state, sockets, logs).
+    pub dir: PathBuf,
+    /// The instances' run directory.
+    pub run_dir: PathBuf,
+    /// The metrics address.
+    pub metrics: SocketAddr,
+}
+
+impl AgentProc {
+    /// Starts an agent talking to the DPU at `dpu`, with `vfs` (YAML flow
+    /// list items, `{ port: vf0, netdev: x }`) and `extra` configuration.
+    ///
+    /// # Errors
+    /// It does not come up (its log is in the error).
+    pub fn start(dpu: &str, vfs: &[String], extra: &str) -> io::Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cg-agent-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let metrics = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let socket = dir.join("agent.sock");
+        let run_dir = dir.join("run");
+        let mut text = format!(
+            "socket: {}\nstate: {}\nrun_dir: {}\ndpu: \"{dpu}\"\nmetrics: \"{metrics}\"\n\
+             probe: {{ interval: 200ms, timeout: 1s, start_timeout: 30s, failures: 2 }}\nstop_timeout: 3s\nvfs:\n",
+            socket.display(),
+            dir.join("state.redb").display(),
+            run_dir.display(),
+        );
+        for v in vfs {
+            text.push_str(&format!("  - {v}\n"));
+        }
+        if vfs.is_empty() {
+            text = text.replace("vfs:\n", "vfs: []\n");
+        }
+        text.push_str(extra);
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, text)?;
+        let mut agent = Self {
+            child: None,
+            config,
+            log: dir.join("agent.log"),
+            cli: AgentCli {
+                socket,
+                log: Some(dir.join("agent.log")),
+            },
+            dir,
+            run_dir,
+            metrics,
+        };
+        agent.spawn(&[])?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process again (after [`Self::kill`]), with `env`
+    /// added (`CHAINGATE_CRASH_AT`), and waits until it serves, or exits.
+    ///
+    /// # Errors
+    /// It exits before serving, or does not serve in time.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) -> io::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(workspace_binary("chaingate-agent", "chaingate-agent"));
+        // Its own process group, as dpu-fw's.
+        cmd.process_group(0)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env_remove("CHAINGATE_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = self.child.insert(cmd.spawn()?);
+        let socket = self.cli.socket.clone();
+        crate::wait_ready(child, "the agent", &self.log, || {
+            UnixStream::connect(&socket).is_ok()
+        })
+    }
+
+    /// SIGKILLs the agent (its instances keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the agent to exit by itself (a crash point).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Stops every instance of the run directory (after the agent is gone).
@@ -474,30 +548,19 @@ impl AgentRig {
             topo,
         })
     }
+}
 
-    /// Applies `yaml` with `chaingate apply` and waits until exactly
-    /// `instances` are active and the DPU has the configuration.
+impl AgentRig {
+    /// Applies `yaml` and waits (30 s) until exactly `instances` are
+    /// active and the DPU has the configuration.
     ///
     /// # Panics
     /// If it is refused or does not happen.
     pub fn apply_and_wait(&self, yaml: &str, instances: &[&str]) -> Value {
-        let file = self.agent.dir.join("gateway.yaml");
-        std::fs::write(&file, yaml).expect("write the gateway file");
-        let out = self
-            .agent
-            .cli_ok(&["apply", "-f", file.to_str().expect("utf-8 path")]);
-        assert!(out.starts_with("applied"), "{out}");
-        let mut want: Vec<&str> = instances.to_vec();
-        want.sort_unstable();
-        self.agent.wait_for(
-            &format!("{want:?} on the DPU"),
-            Duration::from_secs(30),
-            |s| instances_in(s, "active") == want && on_dpu(s),
-        )
+        self.agent
+            .apply_and_wait(yaml, instances, Duration::from_secs(30))
     }
-}
 
-impl AgentRig {
     /// Runs the traffic tool from the lan host to the wan host.
     ///
     /// # Panics

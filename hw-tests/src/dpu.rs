@@ -169,25 +169,13 @@ impl DpuFw {
         }
     }
 
-    /// The DPU's counters, for a test without a runtime of its own.
+    /// The DPU's counters.
     ///
     /// # Panics
     /// No answer.
     #[must_use]
     pub fn stats(&self) -> chaingate_proto::dpu::Stats {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async {
-            self.client()
-                .await
-                .expect("dpu-fw's control API")
-                .get_stats(chaingate_proto::dpu::GetStatsRequest {})
-                .await
-                .expect("stats")
-                .into_inner()
-        })
+        stats_at(&self.addr.to_string())
     }
 
     /// A control API client.
@@ -207,4 +195,26 @@ impl Drop for DpuFw {
             let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+/// The counters of the dpu-fw whose control API is at `addr`, for a test
+/// without a runtime of its own.
+///
+/// # Panics
+/// No answer.
+#[must_use]
+pub fn stats_at(addr: &str) -> chaingate_proto::dpu::Stats {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        dpu_fw::ctl::connect(addr)
+            .await
+            .expect("dpu-fw's control API")
+            .get_stats(chaingate_proto::dpu::GetStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+    })
 }

@@ -10,6 +10,7 @@
 //! - [`reflector`]: a bump-in-the-wire stand-in for a service instance.
 //! - [`dpu`]: `dpu-fw` as a child process with a generated configuration.
 //! - [`labrig`]: the description of a real BlueField rig (opt-in tests).
+//! - [`rig`]: one face for both, so that a scenario runs on either.
 //!
 //! Everything here needs root (namespaces, raw sockets). [`require_root`]
 //! lets a test step aside for an unprivileged developer, and fails it in
@@ -23,6 +24,7 @@ pub mod frames;
 pub mod labrig;
 pub mod netns;
 pub mod reflector;
+pub mod rig;
 pub mod topology;
 pub mod traffic;
 pub mod vm;

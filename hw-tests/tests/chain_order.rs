@@ -3,27 +3,23 @@
 //! -> firewall on their way back; nothing is lost, reordered or changed,
 //! the wan host sees the NAT's address and the lan host its own again.
 //! The services are `chaingate-service` processes launched by the agent,
-//! each stamping what it passes (hw-tests `flows` reads the stamps).
+//! each stamping what it passes (hw-tests `flows` reads the stamps), or
+//! a LabRig's service VMs.
 
 use std::net::SocketAddrV4;
 
-use chaingate_hw_tests::agent::{
-    AgentRig, FIREWALL_STAMP, IDS_STAMP, NAT_ADDRESS, NAT_STAMP, WebChain,
-};
+use chaingate_hw_tests::agent::{FIREWALL_STAMP, IDS_STAMP, NAT_ADDRESS, NAT_STAMP, WebChain};
 use chaingate_hw_tests::flows::{self, Plan};
-use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig;
 
 const FORWARD: [u16; 3] = [FIREWALL_STAMP, IDS_STAMP, NAT_STAMP];
 const BACK: [u16; 3] = [NAT_STAMP, IDS_STAMP, FIREWALL_STAMP];
 
 #[test]
 fn frames_pass_the_chain_in_order_and_answers_in_reverse() {
-    if !require_root() {
-        return;
-    }
-    let rig = AgentRig::start(3).unwrap();
+    let Some(rig) = rig::pick(3) else { return };
     rig.apply_and_wait(
-        &WebChain::default().gateway(),
+        &rig.web_chain(WebChain::default()),
         &["firewall-0", "ids-0", "nat-0"],
     );
 
@@ -44,12 +40,7 @@ fn frames_pass_the_chain_in_order_and_answers_in_reverse() {
             (&out.forward, "forward", FORWARD),
             (&out.back, "back", BACK),
         ] {
-            assert_eq!(
-                side.lost(&plan),
-                0,
-                "{what} {name}: lost frames\n{}",
-                rig.dpu.log()
-            );
+            assert_eq!(side.lost(&plan), 0, "{what} {name}: lost frames");
             assert_eq!(side.corrupt, 0, "{what} {name}: changed frames");
             assert_eq!(
                 side.disorder(),

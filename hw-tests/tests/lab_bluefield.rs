@@ -36,7 +36,11 @@ async fn established_packets_bypass_the_arm_cores() {
         .await
         .unwrap()
         .into_inner();
-    let (_, config) = chaingate_proto::file::load(&lab.gateway, current.generation + 1).unwrap();
+    let Some(gateway) = &lab.gateway else {
+        eprintln!("skipped: the LabRig file has no `gateway` for this test");
+        return;
+    };
+    let (_, config) = chaingate_proto::file::load(gateway, current.generation + 1).unwrap();
     control
         .apply_config(dpu::ApplyConfigRequest {
             config: Some(config),

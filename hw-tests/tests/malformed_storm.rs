@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use chaingate_hw_tests::agent::{AgentRig, WebChain, instances_in};
+use chaingate_hw_tests::agent::{WebChain, instances_in};
 use chaingate_hw_tests::endpoint::Endpoint;
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::frames::udp;
-use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig;
 
 /// Frames the parser must refuse, built from a good UDP frame; then
 /// frames of random bytes. Returns (frames, how many are surely malformed).
@@ -60,19 +60,16 @@ fn storm() -> (Vec<Vec<u8>>, u64) {
 
 #[test]
 fn a_storm_of_malformed_frames_harms_nothing() {
-    if !require_root() {
-        return;
-    }
-    let rig = AgentRig::start(3).unwrap();
+    let Some(rig) = rig::pick(3) else { return };
     let names = ["firewall-0", "ids-0", "nat-0"];
-    rig.apply_and_wait(&WebChain::default().gateway(), &names);
-    let before = rig.dpu.stats();
-    let pid = rig.dpu.pid();
+    rig.apply_and_wait(&rig.web_chain(WebChain::default()), &names);
+    let before = rig.dpu_stats();
 
     let (frames, sure) = storm();
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
-    let mut storm_port = Endpoint::open(rig.topo.netns(), &rig.lan.outer).unwrap();
+    let (netns, lan) = rig.lan();
+    let mut storm_port = Endpoint::open(netns, lan).unwrap();
     let storm = {
         let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
         std::thread::spawn(move || {
@@ -85,10 +82,18 @@ fn a_storm_of_malformed_frames_harms_nothing() {
     };
     let mut plan = Plan::tcp(16, 60, 800);
     plan.echo = true;
-    let out = rig.traffic_in_background(plan.clone()).join();
-    stop.store(true, Ordering::Relaxed);
+    let out = {
+        // The storm stops even when the traffic tool fails.
+        struct Calm<'a>(&'a AtomicBool);
+        impl Drop for Calm<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _calm = Calm(&stop);
+        rig.traffic(&plan)
+    };
     storm.join().unwrap();
-    let out = out.unwrap();
     let rounds = rounds.load(Ordering::Relaxed);
 
     assert_eq!(out.opened, plan.flows, "every handshake completed");
@@ -96,8 +101,7 @@ fn a_storm_of_malformed_frames_harms_nothing() {
     assert_eq!(out.back.lost(&plan), 0, "good answers lost");
     assert_eq!((out.forward.corrupt, out.back.corrupt), (0, 0));
 
-    let after = rig.dpu.stats();
-    assert_eq!(rig.dpu.pid(), pid);
+    let after = rig.dpu_stats();
     assert_eq!(after.boot_id, before.boot_id, "dpu-fw did not restart");
     let malformed = |s: &chaingate_proto::dpu::Stats| {
         s.fast_path
@@ -112,11 +116,11 @@ fn a_storm_of_malformed_frames_harms_nothing() {
         sure * rounds
     );
     // The services are all still up, none replaced.
-    let status = rig.agent.status();
+    let status = rig.agent().status();
     assert_eq!(instances_in(&status, "active"), names);
     assert!(
-        !rig.agent.event_kinds().iter().any(|k| k.contains("fail")),
+        !rig.agent().event_kinds().iter().any(|k| k.contains("fail")),
         "{}",
-        rig.agent.cli_ok(&["events"])
+        rig.agent().cli_ok(&["events"])
     );
 }

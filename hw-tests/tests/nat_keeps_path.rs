@@ -5,29 +5,27 @@
 
 use std::collections::BTreeSet;
 
-use chaingate_hw_tests::agent::{
-    AgentRig, FIREWALL_STAMP, IDS_STAMP, NAT_ADDRESS, NAT_STAMP, WebChain,
-};
+use chaingate_hw_tests::agent::{FIREWALL_STAMP, IDS_STAMP, NAT_ADDRESS, NAT_STAMP, WebChain};
 use chaingate_hw_tests::flows::Plan;
-use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig;
 
 #[test]
 fn answers_return_through_the_nat_instance_that_translated_them() {
-    if !require_root() {
-        return;
-    }
-    let rig = AgentRig::start(4).unwrap();
+    let Some(rig) = rig::pick(4) else { return };
     let chain = WebChain {
         nat_scaling: "{ min: 2, max: 2 }".into(),
         ..WebChain::default()
     };
-    rig.apply_and_wait(&chain.gateway(), &["firewall-0", "ids-0", "nat-0", "nat-1"]);
+    rig.apply_and_wait(
+        &rig.web_chain(chain),
+        &["firewall-0", "ids-0", "nat-0", "nat-1"],
+    );
     let mut plan = Plan::tcp(24, 20, 600);
     plan.clients = 6;
     plan.echo = true;
     let out = rig.traffic(&plan);
     assert_eq!(out.opened, plan.flows, "every handshake completed");
-    assert_eq!(out.forward.lost(&plan), 0, "{}", rig.dpu.log());
+    assert_eq!(out.forward.lost(&plan), 0);
     assert_eq!(out.back.lost(&plan), 0);
     assert_eq!((out.forward.corrupt, out.back.corrupt), (0, 0));
 

@@ -34,6 +34,7 @@ fn gateway() -> String {
         ids_scaling: "{ min: 1, max: 2 }".into(),
         nat_scaling: "{ min: 1, max: 2 }".into(),
         stamps: false,
+        ..WebChain::default()
     }
     .gateway()
 }
