@@ -532,7 +532,7 @@ impl AgentRig {
             .iter()
             .map(|(p, d, r)| (p.as_str(), d.as_str(), *r))
             .collect();
-        let dpu = crate::dpu::DpuFw::start(&ports, &format!("sessions: 1024\n{dpu_extra}"))?;
+        let dpu = crate::dpu::DpuFw::start(&ports, &format!("sessions: 65536\n{dpu_extra}"))?;
         let list: Vec<String> = vfs
             .iter()
             .enumerate()

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,17 @@ pub struct Plan {
     pub echo: bool,
     /// How long to wait for the last frames after the last was sent.
     pub settle: Duration,
+    /// Progress and an early stop, for a run watched from another thread.
+    pub live: Option<Arc<Live>>,
+}
+
+/// A run's progress, and a way to end it early (the demo's Ctrl-C).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Data frames sent so far.
+    pub sent: AtomicU64,
+    /// Set to stop sending; the run then settles and reports.
+    pub stop: AtomicBool,
 }
 
 impl Plan {
@@ -97,6 +108,7 @@ impl Plan {
             pps,
             echo: false,
             settle: Duration::from_millis(500),
+            live: None,
         }
     }
 
@@ -611,6 +623,12 @@ pub fn run(plan: &Plan, lan: (&str, &str), wan: (&str, &str)) -> io::Result<Outc
     let before = lan_port.counters().tx_dropped;
     let mut done = 0u64;
     while done < total {
+        if let Some(live) = &plan.live {
+            live.sent.store(done, Ordering::Relaxed);
+            if live.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
         let due = if plan.pps == 0 {
             total
         } else {
@@ -646,6 +664,9 @@ pub fn run(plan: &Plan, lan: (&str, &str), wan: (&str, &str)) -> io::Result<Outc
     }
     out.sending = start.elapsed();
     out.sent = done;
+    if let Some(live) = &plan.live {
+        live.sent.store(done, Ordering::Relaxed);
+    }
     if plan.proto == Proto::Tcp {
         for &flow in &live {
             let at = isn(flow) + 1 + plan.packets * u32::try_from(len).unwrap_or(0);

@@ -13,13 +13,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chaingate_hw_tests::agent::{AgentRig, NAT_ADDRESS, WebChain, instances_in};
 use chaingate_hw_tests::frames::udp;
+use chaingate_hw_tests::flows::{Live, Plan};
 use chaingate_hw_tests::traffic::{Sink, Traffic};
 use serde_json::Value;
 
@@ -109,6 +111,26 @@ fn view(
         "\nDPU: generation {}, {sessions:.0} sessions; rules in the eSwitch for {offloaded:.0} (packets of those skip the fast path)",
         status["dpu_generation"]
     );
+    let drops = rig
+        .dpu
+        .stats()
+        .fast_path
+        .map(|f| f.dropped)
+        .unwrap_or_default();
+    let drops: Vec<String> = drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "DPU drops: {}",
+        if drops.is_empty() {
+            "none".to_owned()
+        } else {
+            drops.join(", ")
+        }
+    );
     let _ = writeln!(out, "\nevents:");
     for e in events.iter().rev().take(8).rev() {
         let _ = writeln!(
@@ -167,43 +189,38 @@ fn run() -> Result<(), String> {
     let mut sent_total = 0;
     let mut peak = 0usize;
     let mut stage_flows = 0u8;
+    let mut stages = Vec::new();
     for (secs, pps) in RAMP {
-        // Each stage opens sixteen new sessions: new sessions are what
-        // the DPU can steer to a new instance.
+        // Each stage opens sixteen new connections (new sessions are what
+        // the DPU can steer to a new instance), sent and checked by the
+        // traffic tool: loss and latency per stage for the summary.
         stage_flows += 1;
-        let flows: Vec<Vec<u8>> = (1..=16)
-            .map(|i| {
-                udp(
-                    (Ipv4Addr::new(10, stage_flows, 0, i), 4000 + u16::from(i)),
-                    (server, 443),
-                    true,
-                    &[stage_flows; 1000],
-                )
-            })
-            .collect();
-        let traffic = Traffic::start(rig.topo.netns(), &rig.lan.outer, flows, pps)
-            .map_err(|e| e.to_string())?;
+        let live = Arc::new(Live::default());
+        let mut plan = Plan::udp(16, u32::try_from(secs).unwrap_or(60) * pps / 16, pps);
+        plan.client = SocketAddrV4::new(Ipv4Addr::new(10, stage_flows, 0, 1), 4000);
+        plan.clients = 16;
+        plan.server = SocketAddrV4::new(server, 443);
+        plan.size = 1000;
+        plan.live = Some(Arc::clone(&live));
+        let traffic = rig.traffic_in_background(plan.clone());
         let phase = format!("stage {stage_flows}/{}", RAMP.len());
-        let until = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < until && !INTERRUPTED.load(Ordering::Relaxed) {
+        while !traffic.is_finished() {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                live.stop.store(true, Ordering::Relaxed);
+            }
             let ev = events(&rig);
-            print!(
-                "{}",
-                view(
-                    &rig,
-                    &phase,
-                    pps,
-                    start.elapsed(),
-                    sent_total + traffic.sent(),
-                    &ev
-                )
-            );
+            let sent = sent_total + live.sent.load(Ordering::Relaxed);
+            print!("{}", view(&rig, &phase, pps, start.elapsed(), sent, &ev));
             let _ = std::io::stdout().flush();
             let active = instances_in(&status(&rig), "active");
             peak = peak.max(active.iter().filter(|i| i.starts_with("firewall-")).count());
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(500));
         }
-        sent_total += traffic.sent();
+        let out = traffic
+            .join()
+            .map_err(|_| "the traffic tool failed".to_owned())?;
+        sent_total += out.sent;
+        stages.push((pps, out));
         if INTERRUPTED.load(Ordering::Relaxed) {
             println!("\ninterrupted");
             break;
@@ -222,6 +239,24 @@ fn run() -> Result<(), String> {
         "  frames at the wan host:             {arrived} ({natted} with the NAT's address as source)"
     );
     println!("  firewall instances at the peak:     {peak}");
+    println!("  per stage (frames/s offered: sent, lost, one-way latency p50 / p99):");
+    for (pps, out) in &stages {
+        let got = out.forward.frames();
+        let lost = out.sent.saturating_sub(got);
+        let p = |q| {
+            out.forward
+                .latency
+                .percentile(q)
+                .map_or("-".to_owned(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+        };
+        println!(
+            "    {pps:>5}/s: {:>6} sent, {lost:>5} lost ({:>4.1}%), {} / {}",
+            out.sent,
+            100.0 * lost as f64 / out.sent.max(1) as f64,
+            p(50.0),
+            p(99.0)
+        );
+    }
     println!(
         "  scale-outs: {}, scale-ins: {}, drains finished: {}",
         count("scale_out"),
