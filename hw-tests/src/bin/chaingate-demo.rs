@@ -111,12 +111,14 @@ fn view(
         "\nDPU: generation {}, {sessions:.0} sessions; rules in the eSwitch for {offloaded:.0} (packets of those skip the fast path)",
         status["dpu_generation"]
     );
-    let drops = rig
-        .dpu
-        .stats()
-        .fast_path
-        .map(|f| f.dropped)
-        .unwrap_or_default();
+    let stats = rig.dpu.stats();
+    let switch = stats.switch.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "DPU frames: {} switched by eSwitch rules, {} through the fast path",
+        switch.out, switch.to_software
+    );
+    let drops = stats.fast_path.map(|f| f.dropped).unwrap_or_default();
     let drops: Vec<String> = drops
         .iter()
         .filter(|(_, n)| **n > 0)
