@@ -22,7 +22,7 @@ use chaingate_hw_tests::dpu::DpuFw;
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::topology::Topology;
 use chaingate_hw_tests::traffic::Traffic;
-use chaingate_hw_tests::vm::{require_vm, static_build};
+use chaingate_hw_tests::vm::{require_vm, static_service};
 
 const RUNS: usize = 3;
 
@@ -203,14 +203,7 @@ fn main() {
 
     // QEMU instances.
     let Some(kit) = require_vm() else { return };
-    let binary = static_build(&[
-        "build",
-        "--release",
-        "-p",
-        "chaingate-services",
-        "--bin",
-        "chaingate-service",
-    ]);
+    let binary = static_service();
     let initrd = run_dir.join("monitor.img");
     std::fs::create_dir_all(&run_dir).expect("dir");
     kit.service_initramfs(&binary, "monitor", &[])

@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chaingate_fastpath::wire::EthernetAddress;
-use chaingate_fastpath::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
+use chaingate_fastpath::wire::build::L4Spec;
 use chaingate_fastpath::wire::tcp::{TcpFlags, TcpRepr};
 use chaingate_pktio::afpacket::{AfPacket, wait_readable};
 use chaingate_pktio::{PacketIo, RxBatch};
@@ -423,7 +423,6 @@ struct Builder {
 }
 
 impl Builder {
-    #[allow(clippy::too_many_arguments)]
     fn frame(
         &self,
         src: SocketAddrV4,
@@ -446,28 +445,7 @@ impl Builder {
                 dst_port: dst.port(),
             },
         };
-        let spec = FrameSpec {
-            dst_mac: macs.1,
-            src_mac: macs.0,
-            vlans: &[],
-            net: NetSpec::Ip(
-                IpSpec::V4 {
-                    src: *src.ip(),
-                    dst: *dst.ip(),
-                    ttl: 64,
-                    dscp: 0,
-                    ident: 1,
-                    frag: None,
-                    options: &[],
-                },
-                l4,
-            ),
-            payload,
-        };
-        let mut buf = vec![0u8; spec.len()];
-        let n = spec.build(&mut buf).expect("a valid frame");
-        buf.truncate(n);
-        buf
+        crate::frames::ipv4((*src.ip(), macs.0), (*dst.ip(), macs.1), l4, payload)
     }
 }
 

@@ -12,7 +12,13 @@ pub const LAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0a]);
 /// The MAC address of the wan-side host.
 pub const WAN_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0b]);
 
-fn build(
+/// An Ethernet/IPv4 frame from `src` to `dst` (address, MAC) with the
+/// transport header `l4` and `payload`.
+///
+/// # Panics
+/// If the spec cannot be built (a payload past 64 KiB).
+#[must_use]
+pub fn ipv4(
     src: (Ipv4Addr, EthernetAddress),
     dst: (Ipv4Addr, EthernetAddress),
     l4: L4Spec,
@@ -22,18 +28,7 @@ fn build(
         dst_mac: dst.1,
         src_mac: src.1,
         vlans: &[],
-        net: NetSpec::Ip(
-            IpSpec::V4 {
-                src: src.0,
-                dst: dst.0,
-                ttl: 64,
-                dscp: 0,
-                ident: 1,
-                frag: None,
-                options: &[],
-            },
-            l4,
-        ),
+        net: NetSpec::Ip(IpSpec::v4(src.0, dst.0), l4),
         payload,
     };
     let mut buf = vec![0u8; spec.len()];
@@ -50,7 +45,7 @@ pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), to_wan: bool, payload: &[
     } else {
         (WAN_MAC, LAN_MAC)
     };
-    build(
+    ipv4(
         (src.0, smac),
         (dst.0, dmac),
         L4Spec::Udp {
@@ -75,7 +70,7 @@ pub fn tcp(
     } else {
         (WAN_MAC, LAN_MAC)
     };
-    build(
+    ipv4(
         (src.0, smac),
         (dst.0, dmac),
         L4Spec::Tcp(TcpRepr {

@@ -79,3 +79,20 @@ pub fn static_build(args: &[&str]) -> PathBuf {
         .next_back()
         .expect("cargo names the executable")
 }
+
+/// `chaingate-service` for guests: static, stripped, release (a debug
+/// binary makes the initramfs, and so the boot, several times larger).
+///
+/// # Panics
+/// If the build fails.
+#[must_use]
+pub fn static_service() -> PathBuf {
+    static_build(&[
+        "build",
+        "--release",
+        "-p",
+        "chaingate-services",
+        "--bin",
+        "chaingate-service",
+    ])
+}

@@ -12,7 +12,7 @@ use chaingate_agent::vf::{VfKind, VfRef};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
 use chaingate_hw_tests::topology::Topology;
-use chaingate_hw_tests::vm::{require_vm, static_build};
+use chaingate_hw_tests::vm::{require_vm, static_service};
 use chaingate_pktio::afpacket::{AfPacket, wait_readable};
 use chaingate_pktio::{PacketIo, RxBatch};
 
@@ -34,14 +34,7 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
         return;
     }
     let Some(kit) = require_vm() else { return };
-    let service = static_build(&[
-        "build",
-        "--release",
-        "-p",
-        "chaingate-services",
-        "--bin",
-        "chaingate-service",
-    ]);
+    let service = static_service();
     let mut topo = Topology::new().unwrap();
     let tap = topo.tap("q0").unwrap();
     let work = std::env::temp_dir().join(format!("cg-qemu-launcher-{}", std::process::id()));

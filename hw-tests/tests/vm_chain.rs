@@ -10,7 +10,7 @@ use chaingate_hw_tests::dpu::DpuFw;
 use chaingate_hw_tests::flows::{self, Plan};
 use chaingate_hw_tests::require_root;
 use chaingate_hw_tests::topology::Topology;
-use chaingate_hw_tests::vm::{require_vm, static_build};
+use chaingate_hw_tests::vm::{require_vm, static_service};
 
 #[test]
 fn connections_pass_a_service_vm() {
@@ -18,14 +18,7 @@ fn connections_pass_a_service_vm() {
         return;
     }
     let Some(kit) = require_vm() else { return };
-    let service = static_build(&[
-        "build",
-        "--release",
-        "-p",
-        "chaingate-services",
-        "--bin",
-        "chaingate-service",
-    ]);
+    let service = static_service();
     let mut topo = Topology::new().unwrap();
     let lan = topo.link("lan").unwrap();
     let wan = topo.link("wan").unwrap();

@@ -161,15 +161,7 @@ mod tests {
             src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             vlans: &[],
             net: NetSpec::Ip(
-                IpSpec::V4 {
-                    src: Ipv4Addr::new(10, 0, 0, 1),
-                    dst: Ipv4Addr::new(192, 0, 2, 1),
-                    ttl: 64,
-                    dscp: 0,
-                    ident: 1,
-                    frag: None,
-                    options: &[],
-                },
+                IpSpec::v4(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 1)),
                 L4Spec::Udp {
                     src_port: sport,
                     dst_port: 53,

@@ -14,14 +14,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chaingate_hw_tests::agent::{AgentRig, NAT_ADDRESS, WebChain, instances_in};
-use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::flows::{Live, Plan};
+use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::traffic::{Sink, Traffic};
 use serde_json::Value;
 
@@ -249,7 +249,9 @@ fn run() -> Result<(), String> {
             out.forward
                 .latency
                 .percentile(q)
-                .map_or("-".to_owned(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+                .map_or("-".to_owned(), |d| {
+                    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+                })
         };
         println!(
             "    {pps:>5}/s: {:>6} sent, {lost:>5} lost ({:>4.1}%), {} / {}",

@@ -61,6 +61,23 @@ pub enum IpSpec<'a> {
     },
 }
 
+impl IpSpec<'_> {
+    /// A plain IPv4 header: TTL 64, DSCP 0, identification 1, not a
+    /// fragment, no options.
+    #[must_use]
+    pub const fn v4(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+        IpSpec::V4 {
+            src,
+            dst,
+            ttl: 64,
+            dscp: 0,
+            ident: 1,
+            frag: None,
+            options: &[],
+        }
+    }
+}
+
 /// The transport header of a frame to build.
 #[derive(Clone, Copy, Debug)]
 pub enum L4Spec {
