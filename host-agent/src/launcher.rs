@@ -464,6 +464,19 @@ impl VmLauncher for ProcessLauncher {
             ip(&["link", "set", dev, "netns", &ns]).map_err(|e| fail(name, "netns", e))?;
         }
         ip(&["-n", &ns, "link", "set", "lo", "up"]).map_err(|e| fail(name, "netns", e))?;
+        // The service is a bump in the wire: the namespace's own kernel
+        // must not talk on the VF (IPv6 autoconfiguration would send
+        // router solicitations and MLD reports, which the DPU drops as
+        // frames on no segment). Best effort: a kernel without IPv6 has
+        // nothing to turn off.
+        let _ = ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "sh",
+            "-c",
+            &format!("echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6"),
+        ]);
         ip(&["-n", &ns, "link", "set", dev, "up"]).map_err(|e| fail(name, "netns", e))?;
         let probe = self.probe_path(name);
         let mut cmd = Command::new("ip");

@@ -145,4 +145,12 @@ fn instances_launch_scale_drain_and_are_replaced() {
     assert!(table.contains(&replacement), "{table}");
     let sessions = agent.cli_ok(&["sessions"]);
     assert!(sessions.contains("192.0.2.80:53"), "{sessions}");
+
+    // The instances' own kernels kept quiet on their VFs (no IPv6
+    // autoconfiguration): nothing arrived off a segment, or from a VF
+    // with no instance.
+    let dropped = rig.dpu.stats().fast_path.unwrap_or_default().dropped;
+    for reason in ["not_a_segment", "unknown_port"] {
+        assert_eq!(dropped.get(reason).copied().unwrap_or(0), 0, "{dropped:?}");
+    }
 }
