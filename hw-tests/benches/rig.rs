@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use chaingate_hw_tests::agent::{AgentRig, WebChain};
 use chaingate_hw_tests::flows::{self, Outcome, Plan};
-use chaingate_hw_tests::topology::{Topology, run};
+use chaingate_hw_tests::topology::Topology;
 
 #[derive(Clone, Copy, Debug)]
 struct Throughput {
@@ -88,17 +88,8 @@ fn ceiling() -> Setup {
     let mut topo = Topology::new().expect("netns");
     let lan = topo.link("lan").expect("veth");
     let wan = topo.link("wan").expect("veth");
-    for (from, to) in [(&lan.inner, &wan.inner), (&wan.inner, &lan.inner)] {
-        run("tc", &["qdisc", "add", "dev", from, "ingress"]).expect("tc qdisc");
-        run(
-            "tc",
-            &[
-                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
-                "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-            ],
-        )
+    topo.cross_connect(&lan.inner, &wan.inner)
         .expect("tc mirred");
-    }
     let netns = topo.netns().to_owned();
     measure("veth ceiling", &|plan| {
         flows::run(plan, (&netns, &lan.outer), (&netns, &wan.outer)).expect("traffic")

@@ -5,9 +5,11 @@
 //! a filler that both sides can recompute:
 //!
 //! ```text
-//! | "CGF1" | flow u32 | seq u32 | sent ns u64 | filler: byte i = flow + seq + 7i |
+//! | "CG" | run u16 | flow u32 | seq u32 | sent ns u64 | filler: byte i = flow + seq + 7i |
 //! ```
 //!
+//! (`run` tells two runs on the same wire apart: another run's frames
+//! count as foreign, not as damaged)
 //! so a receiver knows each frame's flow and place in it (loss, duplicates,
 //! reordering), whether any byte changed on the way (`corrupt`), how long it
 //! took (`sent` is nanoseconds since the process's epoch; both ends run in
@@ -39,7 +41,8 @@ use chaingate_pktio::{PacketIo, RxBatch};
 use crate::frames::{LAN_MAC, WAN_MAC};
 use crate::netns::in_netns;
 
-const MAGIC: &[u8; 4] = b"CGF1";
+const MAGIC: &[u8; 2] = b"CG";
+static RUNS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 const HEADER: usize = 20;
 const SLOT: usize = 2048;
 
@@ -222,6 +225,8 @@ pub struct Side {
     pub handshakes: u64,
     /// TCP: FIN frames seen.
     pub fins: u64,
+    /// The run whose frames this side counts.
+    run: u16,
 }
 
 impl Side {
@@ -295,9 +300,10 @@ fn filler(flow: u32, seq: u32, i: usize) -> u8 {
     (flow.wrapping_add(seq) as u8).wrapping_add((i as u8).wrapping_mul(7))
 }
 
-fn payload(flow: u32, seq: u32, len: usize) -> Vec<u8> {
+fn payload(run: u16, flow: u32, seq: u32, len: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(len);
     p.extend_from_slice(MAGIC);
+    p.extend_from_slice(&run.to_be_bytes());
     p.extend_from_slice(&flow.to_be_bytes());
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&now_ns().to_be_bytes());
@@ -360,8 +366,8 @@ fn take_apart(frame: &[u8]) -> Option<Rx<'_>> {
 
 /// Checks a data payload; its (flow, seq, sent ns), or `Err(())` when it
 /// is this tool's but changed on the way.
-fn check(payload: &[u8]) -> Option<Result<(u32, u32, u64), ()>> {
-    if payload.len() < HEADER || &payload[..4] != MAGIC {
+fn check(run: u16, payload: &[u8]) -> Option<Result<(u32, u32, u64), ()>> {
+    if payload.len() < HEADER || payload[..2] != *MAGIC || payload[2..4] != run.to_be_bytes() {
         return None;
     }
     let word = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap_or_default());
@@ -381,7 +387,7 @@ fn check(payload: &[u8]) -> Option<Result<(u32, u32, u64), ()>> {
 impl Side {
     /// Counts a data frame; returns its flow when it was sound.
     fn data(&mut self, plan: &Plan, rx: &Rx<'_>) -> Option<u32> {
-        match check(rx.payload) {
+        match check(self.run, rx.payload) {
             None => {
                 self.foreign += 1;
                 None
@@ -458,8 +464,11 @@ const SERVER_ISN: u32 = 7_000_000;
 
 /// The wan host: checks what arrives, answers SYN, FIN and (with `echo`)
 /// data.
-fn serve_wan(plan: &Plan, port: &mut AfPacket, stop: &AtomicBool) -> Side {
-    let mut side = Side::default();
+fn serve_wan(plan: &Plan, run: u16, port: &mut AfPacket, stop: &AtomicBool) -> Side {
+    let mut side = Side {
+        run,
+        ..Side::default()
+    };
     let mut batch = RxBatch::new(64, SLOT);
     let builder = Builder { proto: plan.proto };
     let macs = (WAN_MAC, LAN_MAC);
@@ -562,13 +571,20 @@ pub fn run(plan: &Plan, lan: (&str, &str), wan: (&str, &str)) -> io::Result<Outc
         in_netns(lan.0, || AfPacket::open(lan.1, SLOT))?.map_err(io::Error::other)?;
     let mut wan_port =
         in_netns(wan.0, || AfPacket::open(wan.1, SLOT))?.map_err(io::Error::other)?;
+    // A tag of this run: the process and a clock's low bits.
+    let run = (std::process::id() as u16)
+        ^ (now_ns() as u16).rotate_left(7)
+        ^ RUNS.fetch_add(1, Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let (plan, stop) = (plan.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || serve_wan(&plan, &mut wan_port, &stop))
+        std::thread::spawn(move || serve_wan(&plan, run, &mut wan_port, &stop))
     };
     let mut out = Outcome::default();
-    let mut back = Side::default();
+    let mut back = Side {
+        run,
+        ..Side::default()
+    };
     let mut batch = RxBatch::new(64, SLOT);
     let builder = Builder { proto: plan.proto };
     let macs = (LAN_MAC, WAN_MAC);
@@ -625,7 +641,7 @@ pub fn run(plan: &Plan, lan: (&str, &str), wan: (&str, &str)) -> io::Result<Outc
                 plan.server,
                 macs,
                 tcp,
-                &payload(flow, seq, len),
+                &payload(run, flow, seq, len),
             );
             lan_port.send(&frame);
             done += 1;
@@ -686,20 +702,21 @@ mod tests {
 
     #[test]
     fn payloads_check_and_a_changed_byte_is_caught() {
-        let p = payload(3, 9, 64);
-        let (flow, seq, _) = check(&p).unwrap().unwrap();
+        let p = payload(77, 3, 9, 64);
+        let (flow, seq, _) = check(77, &p).unwrap().unwrap();
         assert_eq!((flow, seq), (3, 9));
         let mut bad = p.clone();
         bad[40] ^= 1;
-        assert_eq!(check(&bad), Some(Err(())));
-        assert_eq!(check(b"not ours at all, not ours"), None);
+        assert_eq!(check(77, &bad), Some(Err(())));
+        assert_eq!(check(78, &p), None, "another run's frame is not damaged");
+        assert_eq!(check(77, b"not ours at all, not ours"), None);
     }
 
     #[test]
     fn frames_come_apart_with_their_stamps() {
         let plan = Plan::tcp(1, 1, 0);
         let b = Builder { proto: Proto::Tcp };
-        let p = payload(0, 0, plan.payload_len());
+        let p = payload(5, 0, 0, plan.payload_len());
         let mut f = b.frame(
             plan.client_of(0),
             plan.server,
@@ -716,7 +733,10 @@ mod tests {
         assert_eq!(rx.payload, p.as_slice(), "the trailer is not payload");
         assert_eq!(rx.src, plan.client_of(0));
         assert_eq!(rx.tcp.map(|t| (t.1, t.2)), Some((5, 6)));
-        let mut side = Side::default();
+        let mut side = Side {
+            run: 5,
+            ..Side::default()
+        };
         assert_eq!(side.data(&plan, &rx), Some(0));
         assert_eq!(side.data(&plan, &rx), Some(0));
         assert_eq!(side.flows[&0].duplicates, 1);

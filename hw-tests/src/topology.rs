@@ -149,6 +149,26 @@ impl Topology {
         Ok(link)
     }
 
+    /// Passes every frame arriving on `a` out of `b` and back, in the
+    /// kernel (tc ingress + mirred): two links joined with no gateway
+    /// between them. Goes with the links.
+    ///
+    /// # Errors
+    /// A `tc` command failed.
+    pub fn cross_connect(&self, a: &str, b: &str) -> io::Result<()> {
+        for (from, to) in [(a, b), (b, a)] {
+            run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
+            run(
+                "tc",
+                &[
+                    "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
+                    "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Adds a tap device in the root namespace (a VF's stand-in for a
     /// QEMU instance). Removed on drop.
     ///

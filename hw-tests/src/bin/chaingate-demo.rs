@@ -133,6 +133,13 @@ fn view(
             drops.join(", ")
         }
     );
+    let _ = writeln!(
+        out,
+        "your own traffic, from another terminal: target/debug/chaingate-traffic --lan {ns}:{} --wan {ns}:{} --tcp --echo",
+        rig.lan.outer,
+        rig.wan.outer,
+        ns = rig.topo.netns()
+    );
     let _ = writeln!(out, "\nevents:");
     for e in events.iter().rev().take(8).rev() {
         let _ = writeln!(
