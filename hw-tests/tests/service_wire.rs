@@ -121,7 +121,39 @@ fn frames_come_back_stamped_and_capped() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert_eq!(capped, 100 - back.len() as u64, "{answer}");
+
+    // The monitor's per-flow counts: one line per flow it passed.
+    let flows = ask_flows(&sock);
+    let total: u64 = flows
+        .iter()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("frames=")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 5 + back.len() as u64, "{flows:?}");
+    let first = format!(
+        "17 10.0.0.1:1000 192.0.2.1:53 frames=1 bytes={}",
+        frame(1).len()
+    );
+    assert!(flows.contains(&first), "{flows:?}");
     let _ = std::fs::remove_file(&sock);
+}
+
+/// The monitor's `flows` answer: its flow lines.
+fn ask_flows(sock: &std::path::Path) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    (&stream).write_all(b"flows\n").unwrap();
+    let mut lines = BufReader::new(&stream).lines();
+    let head = lines.next().unwrap().unwrap();
+    let n: usize = head
+        .strip_prefix("flows ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a flows answer: {head}"));
+    lines.take(n).map(Result::unwrap).collect()
 }
 
 #[test]
