@@ -86,6 +86,9 @@ pub enum ActionError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The thing asked did not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Counters for the metrics endpoint.
@@ -297,6 +300,45 @@ impl Agent {
     ///
     /// # Errors
     /// No such instance, or it is already draining or stopping.
+    /// Asks an instance's service function through its probe channel:
+    /// `probe` (its counters), or a request of the function's own
+    /// (`flows` for a monitor); the answer as the function gives it.
+    ///
+    /// # Errors
+    /// A request that is not one printable line, an unknown instance or
+    /// one not running, or no answer within two seconds.
+    pub fn ask(&self, instance: &str, request: &str) -> Result<String, ActionError> {
+        let request = request.trim();
+        if request.is_empty()
+            || request.len() > 64
+            || !request.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(ActionError::Invalid(
+                "a request is one line of printable ASCII, up to 64 bytes (`probe`, `flows`)"
+                    .into(),
+            ));
+        }
+        let record = self
+            .shared
+            .parts
+            .store
+            .instances()?
+            .remove(instance)
+            .ok_or_else(|| ActionError::NotFound(format!("no instance `{instance}`")))?;
+        if !matches!(
+            record.phase,
+            Phase::Starting | Phase::Active | Phase::Draining
+        ) {
+            return Err(ActionError::Invalid(format!(
+                "{instance} is {}: nothing runs to answer",
+                record.phase.as_str()
+            )));
+        }
+        let path = launcher::probe_path(&self.shared.parts.run_dir, instance);
+        launcher::ask_socket(&path, request, Duration::from_secs(2))
+            .map_err(|e| ActionError::Unavailable(format!("{instance}: {e}")))
+    }
+
     pub fn drain(&self, instance: &str) -> Result<(), ActionError> {
         let store = &self.shared.parts.store;
         let mut record = store

@@ -45,6 +45,7 @@ fn status_of(e: ActionError) -> Status {
         ActionError::Invalid(m) => Status::invalid_argument(m),
         ActionError::NotFound(m) => Status::not_found(m),
         ActionError::Store(e) => Status::internal(e.to_string()),
+        ActionError::Unavailable(m) => Status::unavailable(m),
     }
 }
 
@@ -183,6 +184,16 @@ impl agent_server::Agent for AgentService {
         let name = request.into_inner().instance;
         blocking(move || agent.drain(&name)).await?;
         Ok(Response::new(agent::DrainResponse {}))
+    }
+
+    async fn ask_instance(
+        &self,
+        request: Request<agent::AskInstanceRequest>,
+    ) -> Result<Response<agent::AskInstanceResponse>, Status> {
+        let agent = Arc::clone(&self.agent);
+        let r = request.into_inner();
+        let answer = blocking(move || agent.ask(&r.instance, &r.request)).await?;
+        Ok(Response::new(agent::AskInstanceResponse { answer }))
     }
 
     type WatchEventsStream = EventStream;

@@ -240,6 +240,67 @@ pub fn probe_socket(path: &Path, timeout: Duration) -> Result<String, String> {
     Err(format!("no answer within {timeout:?}"))
 }
 
+/// Sends `request` (one line) to a service's probe socket and returns its
+/// answer: one line, or a first line `WORD N ...` that announces N more
+/// (the monitor's `flows`). Lines left on a serial line by an earlier,
+/// abandoned exchange are skipped.
+///
+/// # Errors
+/// No connection, or no answer within `timeout`.
+pub fn ask_socket(path: &Path, request: &str, timeout: Duration) -> Result<String, String> {
+    let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    (&stream)
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| format!("{request}: {e}"))?;
+    let word = request.split_whitespace().next().unwrap_or_default();
+    let mut lines = BufReader::new(&stream).lines();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let line = match lines.next() {
+            None => return Err("the service closed without answering".to_owned()),
+            Some(Err(e)) => return Err(format!("no answer within {timeout:?}: {e}")),
+            Some(Ok(l)) => l,
+        };
+        let mut tokens = line.split_whitespace();
+        let first = tokens.next().unwrap_or_default();
+        let answers = (word == "probe" && first == "ok") || first == "error" || first == word;
+        if !answers {
+            continue;
+        }
+        let more: usize = if first == word {
+            tokens.next().and_then(|n| n.parse().ok()).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut answer = line;
+        for _ in 0..more {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    answer.push('\n');
+                    answer.push_str(&l);
+                }
+                _ => return Err(format!("the answer to `{request}` was cut short")),
+            }
+        }
+        return Ok(answer);
+    }
+    Err(format!("no answer within {timeout:?}"))
+}
+
+/// The probe socket of `instance` under `run_dir` (both launchers serve
+/// it there: the process's own listener, or QEMU's end of the VM's
+/// second serial port).
+#[must_use]
+pub fn probe_path(run_dir: &Path, instance: &str) -> PathBuf {
+    run_dir.join("instances").join(instance).join("probe.sock")
+}
+
 /// What the two launchers share: the run directory and their own children.
 #[derive(Debug)]
 struct Base {
@@ -646,6 +707,43 @@ impl VmLauncher for QemuLauncher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asking_skips_stale_lines_and_reads_announced_ones() {
+        use std::io::Read as _;
+        let path = std::env::temp_dir().join(format!("cg-ask-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                // A serial line with the tail of an abandoned probe first.
+                "ok service=monitor instance=m-0 rx=1\nflows 2 untracked=0\nA\nB\n",
+                "ok service=monitor instance=m-0 rx=3\n",
+                "flows 3 untracked=0\nA\n",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = [0u8; 16];
+                let _ = s.read(&mut req);
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let t = Duration::from_secs(2);
+        assert_eq!(
+            ask_socket(&path, "flows", t).unwrap(),
+            "flows 2 untracked=0\nA\nB"
+        );
+        assert_eq!(
+            ask_socket(&path, "probe", t).unwrap(),
+            "ok service=monitor instance=m-0 rx=3"
+        );
+        assert!(
+            ask_socket(&path, "flows", t)
+                .unwrap_err()
+                .contains("cut short")
+        );
+        server.join().unwrap();
+        let _ = fs::remove_file(&path);
+    }
 
     #[test]
     fn macs_are_local_unicast_and_stable() {

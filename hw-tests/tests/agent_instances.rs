@@ -146,6 +146,40 @@ fn instances_launch_scale_drain_and_are_replaced() {
     let sessions = agent.cli_ok(&["sessions"]);
     assert!(sessions.contains("192.0.2.80:53"), "{sessions}");
 
+    // The operator asks an instance's function through the agent: its
+    // counters, and the monitor's per-flow counts.
+    let probe = agent.cli_ok(&["ask", &replacement]);
+    assert!(
+        probe.starts_with(&format!("ok service=monitor instance={replacement} ")),
+        "{probe}"
+    );
+    let flows = agent.cli_ok(&["ask", &replacement, "flows"]);
+    let head = flows.lines().next().unwrap_or_default();
+    assert!(head.starts_with("flows "), "{flows}");
+    assert!(
+        flows.lines().skip(1).any(|l| l.contains("192.0.2.80:53")),
+        "{flows}"
+    );
+    assert_eq!(
+        flows.lines().count(),
+        1 + head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap(),
+        "the first line counts the rest: {flows}"
+    );
+    for (args, want) in [
+        (vec!["ask", "nobody-0"], "no instance `nobody-0`"),
+        (vec!["ask", "mon-1", "probe"], "no instance `mon-1`"),
+        (vec!["ask", &replacement, &"x".repeat(65)], "up to 64 bytes"),
+    ] {
+        let out = agent.cli(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
     // The instances' own kernels kept quiet on their VFs (no IPv6
     // autoconfiguration): nothing arrived off a segment, or from a VF
     // with no instance.

@@ -73,6 +73,16 @@ enum Cmd {
         /// The instance.
         instance: String,
     },
+    /// Asks an instance's service function, through its probe channel:
+    /// `probe` (frames in, out, dropped, capped) or a request of its own
+    /// (`flows`: a monitor's per-flow counts).
+    Ask {
+        /// The instance.
+        instance: String,
+        /// The request.
+        #[arg(default_value = "probe")]
+        request: Vec<String>,
+    },
     /// What the agent did and why.
     Events {
         /// Keep printing events as they happen.
@@ -349,6 +359,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 print_json(&serde_json::json!({ "draining": instance }));
             } else {
                 println!("{instance}: draining");
+            }
+        }
+        Cmd::Ask { instance, request } => {
+            let r = client
+                .ask_instance(agent::AskInstanceRequest {
+                    instance: instance.clone(),
+                    request: request.join(" "),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if cli.json {
+                print_json(&serde_json::json!({ "instance": instance, "answer": r.answer }));
+            } else {
+                println!("{}", r.answer);
             }
         }
         Cmd::Events { follow, after } => {
