@@ -212,32 +212,12 @@ fn is_running(handle: &Handle) -> bool {
 /// # Errors
 /// No socket, no answer in time, or not `ok`.
 pub fn probe_socket(path: &Path, timeout: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    let stream = UnixStream::connect(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    (&stream)
-        .write_all(b"probe\n")
-        .map_err(|e| format!("probe: {e}"))?;
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    // A serial line may hold the tail of an earlier, abandoned exchange:
-    // skip to the answer.
-    while Instant::now() < deadline {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err("the probe closed without answering".to_owned()),
-            Ok(_) if line.starts_with("ok ") => return Ok(line.trim_end().to_owned()),
-            Ok(_) if line.starts_with("error") => return Err(line.trim_end().to_owned()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("no answer within {timeout:?}: {e}")),
-        }
+    let answer = ask_socket(path, "probe", timeout)?;
+    if answer.starts_with("ok ") {
+        Ok(answer)
+    } else {
+        Err(answer)
     }
-    Err(format!("no answer within {timeout:?}"))
 }
 
 /// Sends `request` (one line) to a service's probe socket and returns its
