@@ -547,6 +547,10 @@ struct Supervisor {
     /// Scale-outs waiting for their first session: since when the load
     /// was over, and the instances the service had then.
     pending_out: HashMap<String, (Instant, BTreeSet<String>)>,
+    /// The DPU's refused-sessions counter last seen (boot, count), and
+    /// when the agent last said so.
+    refused: Option<(u64, u64)>,
+    refused_said: Option<Instant>,
 }
 
 impl Supervisor {
@@ -556,6 +560,8 @@ impl Supervisor {
             scaler: Scaler::new(),
             requests,
             pending_out: HashMap::new(),
+            refused: None,
+            refused_said: None,
             failures_in_a_row: HashMap::new(),
             shared,
             first: true,
@@ -619,6 +625,41 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Says when the DPU refuses new connections for a full session
+    /// table: at most one event every ten seconds while it lasts.
+    fn session_table(&mut self, telemetry: &dpu::Telemetry, now: Instant) {
+        let Some(s) = telemetry.sessions.as_ref() else {
+            return;
+        };
+        let last = match self.refused {
+            Some((boot, n)) if boot == telemetry.boot_id && n <= s.refused => n,
+            // A new DPU, or the first look: counted from here.
+            _ => s.refused,
+        };
+        if s.refused > last
+            && self
+                .refused_said
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.shared.event(
+                "sessions_refused",
+                "",
+                "",
+                format!(
+                    "the DPU's session table is full ({} of {}): {} new connections refused; \
+                     raise `sessions` in dpu-fw's configuration",
+                    s.active,
+                    s.capacity,
+                    s.refused - last
+                ),
+            );
+            self.refused_said = Some(now);
+            self.refused = Some((telemetry.boot_id, s.refused));
+        } else if s.refused == last {
+            self.refused = Some((telemetry.boot_id, s.refused));
+        }
+    }
+
     /// Reads the DPU's telemetry and scale requests, and moves targets as
     /// the [`Scaler`] decides; measures scale-out reaction times.
     fn autoscale(&mut self, gateway: &GatewayFile) -> Result<(), StoreError> {
@@ -636,6 +677,7 @@ impl Supervisor {
         let Some(telemetry) = state.telemetry.filter(|_| state.connected) else {
             return Ok(());
         };
+        self.session_table(&telemetry, now);
         let records = parts.store.instances()?;
         let active = |name: &str| records.get(name).is_some_and(|r| r.phase == Phase::Active);
         let sessions = |name: &str| {

@@ -14,6 +14,8 @@
 //! | `chaingate_offload_refused_total` | reason | sessions the NIC refused (DPU) |
 //! | `chaingate_offload_sessions` | | sessions in hardware now (DPU) |
 //! | `chaingate_dpu_sessions` | | sessions on the DPU now |
+//! | `chaingate_dpu_session_capacity` | | the DPU's session table size |
+//! | `chaingate_dpu_sessions_refused_total` | | new connections refused, table full (since the DPU started) |
 //! | `chaingate_dpu_connected` | | 1 when the telemetry stream is up |
 //! | `chaingate_dpu_generation` | | the generation in force on the DPU |
 //! | `chaingate_desired_generation` | | the last generation pushed |
@@ -219,6 +221,24 @@ pub fn render(agent: &Agent) -> String {
             "Sessions on the DPU now.",
         );
         let _ = writeln!(out, "chaingate_dpu_sessions {}", sessions.active);
+        family(
+            &mut out,
+            "chaingate_dpu_session_capacity",
+            "gauge",
+            "The DPU's session table size.",
+        );
+        let _ = writeln!(out, "chaingate_dpu_session_capacity {}", sessions.capacity);
+        family(
+            &mut out,
+            "chaingate_dpu_sessions_refused_total",
+            "counter",
+            "New connections the DPU refused for a full session table.",
+        );
+        let _ = writeln!(
+            out,
+            "chaingate_dpu_sessions_refused_total {}",
+            sessions.refused
+        );
     }
     family(
         &mut out,

@@ -508,7 +508,8 @@ impl AgentRig {
     }
 
     /// A rig with `n` VFs and `dpu_extra` added to dpu-fw's configuration
-    /// (`offload: { capacity: 40 }`).
+    /// (`offload: { capacity: 40 }`; `sessions: N` replaces the rig's
+    /// 65,536).
     ///
     /// # Errors
     /// A part does not come up.
@@ -532,7 +533,12 @@ impl AgentRig {
             .iter()
             .map(|(p, d, r)| (p.as_str(), d.as_str(), *r))
             .collect();
-        let dpu = crate::dpu::DpuFw::start(&ports, &format!("sessions: 65536\n{dpu_extra}"))?;
+        let sessions = if dpu_extra.contains("sessions:") {
+            ""
+        } else {
+            "sessions: 65536\n"
+        };
+        let dpu = crate::dpu::DpuFw::start(&ports, &format!("{sessions}{dpu_extra}"))?;
         let list: Vec<String> = vfs
             .iter()
             .enumerate()
@@ -597,6 +603,29 @@ pub fn on_dpu(status: &Value) -> bool {
 }
 
 impl AgentProc {
+    /// The agent's metrics, by name with labels (`chaingate_dpu_sessions`,
+    /// `chaingate_instances{service="fw",phase="active"}`); empty when it
+    /// does not answer.
+    #[must_use]
+    pub fn scrape(&self) -> std::collections::BTreeMap<String, f64> {
+        use std::io::{Read, Write};
+        let mut text = String::new();
+        if let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&self.metrics, Duration::from_secs(1))
+        {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            })
+            .collect()
+    }
+
     /// Frames an instance's service function has received, from its probe.
     #[must_use]
     pub fn instance_rx(&self, instance: &str) -> u64 {

@@ -10,10 +10,9 @@
 //! Ends with a summary, and removes everything it made (Ctrl-C ends it
 //! early, and still cleans up). Run as root.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,22 +47,6 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
-fn metrics(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let mut text = String::new();
-    if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let _ = s.read_to_string(&mut text);
-    }
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
-        })
-        .collect()
-}
-
 fn bar(share: f64, width: usize) -> String {
     let filled = ((share.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
     format!("{}{}", "█".repeat(filled), "·".repeat(width - filled))
@@ -78,7 +61,7 @@ fn view(
     events: &[Value],
 ) -> String {
     let status = status(rig);
-    let m = metrics(rig.agent.metrics);
+    let m = rig.agent.scrape();
     let mut out = String::from("\x1b[H\x1b[2J");
     let _ = writeln!(
         out,
@@ -241,7 +224,7 @@ fn run() -> Result<(), String> {
     let (arrived, natted) = wan.counts();
     let ev = events(&rig);
     let count = |k: &str| ev.iter().filter(|e| e["kind"] == k).count();
-    let m = metrics(rig.agent.metrics);
+    let m = rig.agent.scrape();
     println!("\nsummary");
     println!("  frames sent from the lan host:      {sent_total}");
     println!(
