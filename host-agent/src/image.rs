@@ -496,6 +496,8 @@ impl GuestKit {
 instance=$(sed -n 's/.*chaingate[.]instance=\([^ ]*\).*/\1/p' /proc/cmdline)
 iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 ip link set lo up
+# A bump in the wire: the guest's own kernel keeps quiet on the VF.
+echo 1 > "/proc/sys/net/ipv6/conf/$iface/disable_ipv6" 2>/dev/null || true
 ip link set "$iface" up
 echo "chaingate: {function} $instance on $iface"
 while true; do

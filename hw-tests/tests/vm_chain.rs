@@ -93,6 +93,14 @@ policies:
         out.back.stamps().into_keys().collect::<Vec<_>>(),
         [vec![50]]
     );
+    // The guest's own kernel kept quiet on its VF: nothing arrived off a
+    // segment.
+    let dropped = dpu.stats().fast_path.unwrap_or_default().dropped;
+    assert_eq!(
+        dropped.get("not_a_segment").copied().unwrap_or(0),
+        0,
+        "{dropped:?}"
+    );
     eprintln!(
         "through the VM: one way p50 {:?}, round trip p50 {:?}",
         out.forward.latency.percentile(50.0).unwrap(),
