@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chaingate_hw_tests::agent::{AgentRig, WebChain};
 use chaingate_hw_tests::flows::{self, Outcome, Plan};
+use chaingate_hw_tests::rig::Rig as _;
 use chaingate_hw_tests::topology::Topology;
 
 #[derive(Clone, Copy, Debug)]

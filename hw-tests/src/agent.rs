@@ -557,28 +557,7 @@ impl AgentRig {
 }
 
 impl AgentRig {
-    /// Applies `yaml` and waits (30 s) until exactly `instances` are
-    /// active and the DPU has the configuration.
-    ///
-    /// # Panics
-    /// If it is refused or does not happen.
-    pub fn apply_and_wait(&self, yaml: &str, instances: &[&str]) -> Value {
-        self.agent
-            .apply_and_wait(yaml, instances, Duration::from_secs(30))
-    }
-
-    /// Runs the traffic tool from the lan host to the wan host.
-    ///
-    /// # Panics
-    /// The hosts' interfaces cannot be opened.
-    #[must_use]
-    pub fn traffic(&self, plan: &crate::flows::Plan) -> crate::flows::Outcome {
-        let netns = self.topo.netns();
-        crate::flows::run(plan, (netns, &self.lan.outer), (netns, &self.wan.outer))
-            .expect("the traffic tool")
-    }
-
-    /// As [`AgentRig::traffic`], on a thread of its own, while the test
+    /// As [`crate::rig::Rig::traffic`], on a thread of its own, while the test
     /// does something else.
     #[must_use]
     pub fn traffic_in_background(

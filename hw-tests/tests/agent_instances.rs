@@ -15,6 +15,7 @@ use chaingate_hw_tests::agent::{
 use chaingate_hw_tests::endpoint::Endpoint;
 use chaingate_hw_tests::frames::{assert_same, udp};
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 

@@ -10,6 +10,7 @@ use chaingate_agent::launcher;
 use chaingate_hw_tests::agent::{AgentRig, WebChain, instances_in, pid_of};
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 const NAMES: [&str; 3] = ["firewall-0", "ids-0", "nat-0"];
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use chaingate_hw_tests::agent::{AgentProc, AgentRig, instances_in, monitor_gateway, pid_of};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 use chaingate_hw_tests::traffic::Traffic;
 use serde_json::Value;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chaingate_hw_tests::agent::{AgentRig, WebChain, instances_in, on_dpu, pid_of};
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 const NAMES: [&str; 3] = ["firewall-0", "ids-0", "nat-0"];
 

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use chaingate_hw_tests::agent::{AgentRig, service_binary};
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 fn gateway() -> String {
     let bin = service_binary();

@@ -5,6 +5,7 @@
 use chaingate_hw_tests::agent::{AgentRig, FIREWALL_STAMP, IDS_STAMP, NAT_STAMP, WebChain};
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 #[test]
 fn sessions_past_the_rule_table_stay_in_software_and_nothing_is_lost() {

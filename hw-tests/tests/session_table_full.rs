@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use chaingate_hw_tests::agent::{AgentRig, monitor_gateway};
 use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::require_root;
+use chaingate_hw_tests::rig::Rig as _;
 
 #[test]
 fn refused_connections_are_counted_and_said() {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use chaingate_hw_tests::agent::{AgentRig, NAT_ADDRESS, WebChain, instances_in};
 use chaingate_hw_tests::flows::{Live, Plan};
 use chaingate_hw_tests::frames::udp;
+use chaingate_hw_tests::rig::Rig as _;
 use chaingate_hw_tests::traffic::{Sink, Traffic};
 use serde_json::Value;
 
