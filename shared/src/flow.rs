@@ -112,8 +112,10 @@ impl fmt::Display for VlanId {
     }
 }
 
-/// The VLAN identifiers of a frame, outermost first: none, one (802.1Q) or
-/// two (802.1ad QinQ: service tag, then customer tag).
+/// The VLAN identifiers of a frame, outermost first: none, one (802.1Q),
+/// two (802.1ad QinQ: service tag, then customer tag), or three (a
+/// double-tagged customer frame inside a chain, under the gateway's
+/// segment tag).
 ///
 /// Entries past `len` are always zero, so the derived equality, ordering and
 /// hash only see the tags that are there.
@@ -123,7 +125,7 @@ pub struct VlanStack {
     vids: [VlanId; VlanStack::CAPACITY],
 }
 
-/// A third VLAN tag did not fit in a [`VlanStack`].
+/// A fourth VLAN tag did not fit in a [`VlanStack`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct VlanStackFull;
 
@@ -136,8 +138,13 @@ impl fmt::Display for VlanStackFull {
 impl core::error::Error for VlanStackFull {}
 
 impl VlanStack {
-    /// The most tags a frame may carry (outer and inner).
-    pub const CAPACITY: usize = 2;
+    /// The most tags a frame may carry: a customer's two, and the
+    /// gateway's segment tag on top inside a chain.
+    pub const CAPACITY: usize = 3;
+
+    /// The most tags a customer's frame may carry at an uplink (the
+    /// segment tag takes the third place).
+    pub const CUSTOMER: usize = 2;
 
     /// No tags.
     pub const EMPTY: Self = Self {
@@ -150,7 +157,7 @@ impl VlanStack {
     pub const fn single(vid: VlanId) -> Self {
         Self {
             len: 1,
-            vids: [vid, VlanId(0)],
+            vids: [vid, VlanId(0), VlanId(0)],
         }
     }
 
@@ -159,7 +166,7 @@ impl VlanStack {
     pub const fn double(outer: VlanId, inner: VlanId) -> Self {
         Self {
             len: 2,
-            vids: [outer, inner],
+            vids: [outer, inner, VlanId(0)],
         }
     }
 
@@ -193,6 +200,7 @@ impl VlanStack {
     #[must_use]
     pub fn without_outer(&self) -> Self {
         match self.as_slice() {
+            [_, a, b] => Self::double(*a, *b),
             [_, inner] => Self::single(*inner),
             _ => Self::EMPTY,
         }
@@ -211,8 +219,11 @@ impl VlanStack {
     }
 
     fn hash_word(&self) -> u64 {
-        let [a, b] = self.vids;
-        (u64::from(self.len) << 32) | (u64::from(a.0) << 16) | u64::from(b.0)
+        let [a, b, c] = self.vids;
+        (u64::from(self.len) << 48)
+            | (u64::from(a.0) << 32)
+            | (u64::from(b.0) << 16)
+            | u64::from(c.0)
     }
 }
 
@@ -635,14 +646,29 @@ mod tests {
     }
 
     #[test]
-    fn vlan_stack_keeps_at_most_two_tags() {
+    fn vlan_stack_keeps_at_most_three_tags() {
         let mut s = VlanStack::EMPTY;
         assert_eq!(s.push_inner(VlanId::from_tci(0xF00A)), Ok(()));
         assert_eq!(s.push_inner(VlanId::from_tci(20)), Ok(()));
-        assert_eq!(s.push_inner(VlanId::from_tci(30)), Err(VlanStackFull));
-        assert_eq!(s.as_slice(), &[VlanId::from_tci(10), VlanId::from_tci(20)]);
+        assert_eq!(s.push_inner(VlanId::from_tci(30)), Ok(()));
+        assert_eq!(s.push_inner(VlanId::from_tci(40)), Err(VlanStackFull));
+        assert_eq!(
+            s.as_slice(),
+            &[
+                VlanId::from_tci(10),
+                VlanId::from_tci(20),
+                VlanId::from_tci(30)
+            ]
+        );
         assert_eq!(s.outer(), VlanId::new(10));
-        assert_eq!(s.without_outer(), VlanStack::single(VlanId::from_tci(20)));
+        assert_eq!(
+            s.without_outer(),
+            VlanStack::double(VlanId::from_tci(20), VlanId::from_tci(30))
+        );
+        assert_eq!(
+            VlanStack::double(VlanId::from_tci(2), VlanId::from_tci(3)).without_outer(),
+            VlanStack::single(VlanId::from_tci(3))
+        );
         assert_eq!(
             VlanStack::single(VlanId::from_tci(3)).without_outer(),
             VlanStack::EMPTY

@@ -1,9 +1,12 @@
 //! The offload layer's rates, each against a baseline from the same run:
-//! - rules generated and installed per second into the software eSwitch,
-//!   against the fast path's new-session setup rate (the goal: rule
-//!   installation does not limit session setup);
-//! - eSwitch lookups per second with 1,000,000 rules installed, against
-//!   the fast path handling the same established packets in software.
+//! - rules generated, placed in their template tables and installed into
+//!   the software eSwitch by the offload manager, per second, under the
+//!   mlx5 profile (the rig's) and the generic one, against the fast
+//!   path's new-session setup rate (the goal: rule installation does not
+//!   limit session setup);
+//! - eSwitch lookups per second with 1,000,000 rules installed (mlx5
+//!   profile), in random order, against the fast path handling the same
+//!   established packets in software.
 //!
 //! `cargo bench -p chaingate-fastpath --bench offload`.
 
@@ -18,13 +21,12 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use chaingate_fastpath::datapath::{Datapath, Options, Verdict};
-use chaingate_fastpath::offload::generate::{base_rules, session_rules};
+use chaingate_fastpath::offload::generate::{SESSION_GROUPS, session_rules};
 use chaingate_fastpath::offload::manager::{ManagerOptions, OffloadManager};
-use chaingate_fastpath::offload::soft::{Outcome, SoftSwitch};
-use chaingate_fastpath::offload::{FlowOffload, Rule};
+use chaingate_fastpath::offload::soft::{Mlx5, Outcome, Profile, SoftSwitch};
+use chaingate_fastpath::offload::{Age, CounterId, Rule};
 use chaingate_fastpath::session::SessionId;
 use chaingate_fastpath::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
-use chaingate_fastpath::wire::tcp::{TcpFlags, TcpRepr};
 use chaingate_fastpath::wire::{EthernetAddress, FrameBuf};
 use chaingate_shared::config::{Attachment, FailMode, InstanceState, PortRole, Scaling, Uplink};
 use chaingate_shared::policy::{Match, Policy, PolicyAction};
@@ -74,7 +76,9 @@ fn config() -> (Config, PortId) {
     (b.build().unwrap(), lan)
 }
 
-fn frame(i: usize, flags: TcpFlags) -> Vec<u8> {
+/// A datagram of flow `i` (UDP: a flow asks for rules at its first
+/// packet).
+fn frame(i: usize) -> Vec<u8> {
     let spec = FrameSpec {
         dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
         src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
@@ -89,14 +93,10 @@ fn frame(i: usize, flags: TcpFlags) -> Vec<u8> {
                 frag: None,
                 options: &[],
             },
-            L4Spec::Tcp(TcpRepr {
+            L4Spec::Udp {
                 src_port: 1024 + (i as u16 & 0x3FFF),
                 dst_port: 443,
-                seq: 1,
-                ack: 0,
-                flags,
-                window: 1000,
-            }),
+            },
         ),
         payload: &[],
     };
@@ -105,18 +105,44 @@ fn frame(i: usize, flags: TcpFlags) -> Vec<u8> {
     buf
 }
 
+/// A manager over a fresh eSwitch of `profile`, for `config`.
+fn manager(
+    config: &Config,
+    profile: Profile,
+    offload_after: u16,
+    install_budget: usize,
+) -> (Datapath, OffloadManager<SoftSwitch>) {
+    let options = Options {
+        sessions: 1 << 17,
+        events: 1 << 18,
+        offload_after,
+        ..Options::default()
+    };
+    let dp = Datapath::new(config.clone(), &options);
+    let manager = ManagerOptions {
+        install_budget,
+        max_pending: 1 << 17,
+        ..ManagerOptions::default()
+    };
+    let sw = SoftSwitch::ready(SESSIONS * 8 + 1024, profile);
+    let mgr = OffloadManager::new(sw, &dp, manager);
+    (dp, mgr)
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let (config, lan) = config();
+    let mlx5 = || Profile::Mlx5(Mlx5::default());
+    let flows: Vec<Vec<u8>> = (0..SESSIONS).map(frame).collect();
+    // Session setup alone, the baseline.
     let options = Options {
         sessions: 1 << 17,
         events: 1 << 18,
         ..Options::default()
     };
     let mut dp = Datapath::new(config.clone(), &options);
-    let syn: Vec<Vec<u8>> = (0..SESSIONS).map(|i| frame(i, TcpFlags::SYN)).collect();
     let t = Instant::now();
-    for f in &syn {
+    for f in &flows {
         assert!(matches!(
             dp.process(lan, f, Nanos(1)),
             Verdict::Forward { .. }
@@ -126,11 +152,23 @@ fn main() {
     while dp.next_event().is_some() {}
     let ids: Vec<SessionId> = dp.sessions().ids().collect();
 
-    // Generation alone, then generation and installation.
+    // Generation alone.
     let mut rules: Vec<Rule> = Vec::with_capacity(16);
+    let age = Age {
+        timeout_s: 30,
+        context: 0,
+    };
     let generate = |rules: &mut Vec<Rule>, id: SessionId| {
         rules.clear();
-        session_rules(dp.config(), dp.session(id).unwrap(), |_| None, rules).unwrap();
+        session_rules(
+            dp.config(),
+            dp.session(id).unwrap(),
+            SESSION_GROUPS[0],
+            |i| Some(CounterId(i.index() as u32)),
+            age,
+            rules,
+        )
+        .unwrap();
     };
     let mut g = c.benchmark_group("rules");
     g.throughput(Throughput::Elements(1));
@@ -144,33 +182,40 @@ fn main() {
     });
     g.finish();
 
-    let t = Instant::now();
-    let mut sw = SoftSwitch::new(SESSIONS * 8 + 1024);
-    for r in base_rules(dp.config()).unwrap() {
-        sw.create(&r).unwrap();
-    }
-    let mut installed = 0usize;
-    for id in &ids {
-        generate(&mut rules, *id);
-        for r in &rules {
-            black_box(sw.create(r).unwrap());
-            installed += 1;
+    // Installation by the manager: every session asks for rules at its
+    // first packet; the manager generates, places and installs them all.
+    let install = |profile: Profile| {
+        let (mut dp, mut mgr) = manager(&config, profile, 1, usize::MAX);
+        for f in &flows {
+            dp.process(lan, f, Nanos(1));
         }
-    }
-    let install_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        mgr.handle_events(&mut dp);
+        let s = t.elapsed().as_secs_f64();
+        assert_eq!(
+            mgr.stats().sessions_offloaded,
+            SESSIONS,
+            "{:?}",
+            mgr.refusal_reasons()
+        );
+        (mgr.stats().rules, s, mgr)
+    };
+    let (installed, install_s, mgr) = install(mlx5());
+    let (_, generic_s, _) = install(Profile::Generic);
     let rules_per_s = installed as f64 / install_s;
     let sessions_per_s = ids.len() as f64 / install_s;
+    let mut sw = mgr.into_backend();
 
-    // Lookups with a million rules: established packets from lan.
-    let acks: Vec<Vec<u8>> = (0..SESSIONS).map(|i| frame(i, TcpFlags::ACK)).collect();
+    // Lookups with a million rules: established packets from lan, in a
+    // random order (a stride through the flows).
     let mut buf = vec![0u8; 256];
     let mut pos = 0;
     let mut g = c.benchmark_group("eswitch_1m_rules");
     g.throughput(Throughput::Elements(1));
     g.bench_function("lookup", |b| {
         b.iter(|| {
-            pos = (pos + 7919) % acks.len();
-            let f = &acks[pos];
+            pos = (pos + 7919) % flows.len();
+            let f = &flows[pos];
             buf[64..64 + f.len()].copy_from_slice(f);
             let mut fb = FrameBuf::new(&mut buf, 64, f.len()).unwrap();
             black_box(sw.process(lan, &mut fb, Nanos(2)))
@@ -187,20 +232,8 @@ fn main() {
     // after the second (one-packet flows never get rules). The manager
     // installs at most `install_budget` rules per burst; the rest waits.
     let paced = |offload_after: u16, install_budget: usize| {
-        let options = Options {
-            sessions: 1 << 17,
-            events: 1 << 18,
-            offload_after,
-            ..Options::default()
-        };
-        let mut dp = Datapath::new(config.clone(), &options);
-        let manager = ManagerOptions {
-            install_budget,
-            max_pending: 1 << 17,
-            ..ManagerOptions::default()
-        };
-        let mut mgr = OffloadManager::new(SoftSwitch::new(SESSIONS * 8 + 1024), &dp, manager);
-        let refs: Vec<&[u8]> = syn.iter().map(Vec::as_slice).collect();
+        let (mut dp, mut mgr) = manager(&config, mlx5(), offload_after, install_budget);
+        let refs: Vec<&[u8]> = flows.iter().map(Vec::as_slice).collect();
         let mut out = [Verdict::ToHost; 32];
         let t = Instant::now();
         for chunk in refs.chunks(32) {
@@ -211,13 +244,8 @@ fn main() {
         (per_s, mgr.stats().sessions_offloaded, mgr.pending())
     };
     let alone = {
-        let options = Options {
-            sessions: 1 << 17,
-            events: 1 << 18,
-            ..Options::default()
-        };
         let mut dp = Datapath::new(config.clone(), &options);
-        let refs: Vec<&[u8]> = syn.iter().map(Vec::as_slice).collect();
+        let refs: Vec<&[u8]> = flows.iter().map(Vec::as_slice).collect();
         let mut out = [Verdict::ToHost; 32];
         let t = Instant::now();
         for chunk in refs.chunks(32) {
@@ -230,9 +258,11 @@ fn main() {
     let (budget, budget_offloaded, budget_pending) = paced(1, 64);
     let (later, later_offloaded, _) = paced(2, 1 << 12);
     let rounds = 2;
+    let order: Vec<usize> = (0..flows.len()).map(|i| (i * 7919) % flows.len()).collect();
     let t = Instant::now();
     for _ in 0..rounds {
-        for f in &acks {
+        for &i in &order {
+            let f = &flows[i];
             buf[64..64 + f.len()].copy_from_slice(f);
             let mut fb = FrameBuf::new(&mut buf, 64, f.len()).unwrap();
             assert!(matches!(
@@ -241,21 +271,23 @@ fn main() {
             ));
         }
     }
-    let lookup_ns = t.elapsed().as_nanos() as f64 / (rounds * acks.len()) as f64;
+    let lookup_ns = t.elapsed().as_nanos() as f64 / (rounds * flows.len()) as f64;
     let t = Instant::now();
     for _ in 0..rounds {
-        for f in &acks {
-            black_box(dp.process(lan, f, Nanos(2)));
+        for &i in &order {
+            black_box(dp.process(lan, &flows[i], Nanos(2)));
         }
     }
-    let software_ns = t.elapsed().as_nanos() as f64 / (rounds * acks.len()) as f64;
+    let software_ns = t.elapsed().as_nanos() as f64 / (rounds * flows.len()) as f64;
     println!();
     println!(
-        "rules generated and installed into the software eSwitch: {:.2} M rules/s = {:.2} M sessions/s \
-         ({} rules per session); the fast path set sessions up at {:.2} M/s in the same run: installation is {:.1}x that",
+        "rules generated, placed and installed by the manager into the software eSwitch (mlx5 profile): \
+         {:.2} M rules/s = {:.2} M sessions/s ({} rules per session; generic profile {:.2} M sessions/s); \
+         the fast path set sessions up at {:.2} M/s in the same run: installation is {:.2}x that",
         rules_per_s / 1e6,
         sessions_per_s / 1e6,
         installed / ids.len(),
+        ids.len() as f64 / generic_s / 1e6,
         1e3 / setup_ns,
         sessions_per_s / (1e9 / setup_ns)
     );
@@ -273,7 +305,7 @@ fn main() {
         later / alone
     );
     println!(
-        "eSwitch lookup with {} rules: {lookup_ns:.0} ns = {:.2} M lookups/s; the fast path on the same packets {software_ns:.0} ns ({:.2}x)",
+        "eSwitch lookup with {} rules, random order: {lookup_ns:.0} ns = {:.2} M lookups/s; the fast path on the same packets {software_ns:.0} ns ({:.2}x)",
         sw.len(),
         1e3 / lookup_ns,
         software_ns / lookup_ns

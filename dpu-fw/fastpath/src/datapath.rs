@@ -32,7 +32,7 @@ use chaingate_shared::config::{
 use chaingate_shared::policy::{ClassifyInput, Dscp, PolicyAction};
 use chaingate_shared::telemetry::ScaleRequest;
 use chaingate_shared::{
-    ChainId, FlowDirection, FlowKey, InstanceId, IpProtocol, Nanos, PortId, VlanId,
+    ChainId, FlowDirection, FlowKey, InstanceId, IpProtocol, Nanos, PortId, VlanId, VlanStack,
 };
 
 use crate::balance::{Balancer, Choice};
@@ -533,6 +533,11 @@ impl Datapath {
         now: Nanos,
     ) -> Verdict {
         let verdict = match role {
+            // A customer frame with three tags leaves no room for the
+            // segment tag inside a chain.
+            PortRole::Uplink(_) if layers.vlans().len() > VlanStack::CUSTOMER => {
+                self.drop(DropReason::Malformed)
+            }
             PortRole::Uplink(uplink) => self.enter_at_uplink(uplink, in_port, layers, len, now),
             PortRole::Vf => self.back_from_instance(in_port, layers, len, now),
         };
@@ -796,13 +801,31 @@ impl Datapath {
         };
         let from_opener = session.from_opener(dir);
         let was_reset = session.conn() == ConnState::Reset;
-        let before = session.packets();
+        let conn = session.conn();
         session.touch(now, layers.tcp_flags(), from_opener, after.is_none());
-        let session = *session;
         // Rules are asked for once the session has proved itself: after
-        // `offload_after` packets in software (one: at its first packet).
-        if session.packets() == self.offload_after && before != session.packets() {
+        // `offload_after` packets in software (one: at its first packet),
+        // and for TCP once the responder answered; again after the NIC
+        // gave them back (an aged rule).
+        let ask = session.ready_for_rules(self.offload_after) && session.ask_offload();
+        // A FIN changes a connection's idle timeout, and with it its
+        // rules' AGE: they are made again. A reset connection's go, for
+        // its last two seconds.
+        let closing = !ask
+            && session.wants_offload()
+            && session.conn() != conn
+            && matches!(
+                session.conn(),
+                ConnState::HalfClosed | ConnState::Closing | ConnState::Reset
+            );
+        if closing && session.conn() == ConnState::Reset {
+            session.withdraw_offload();
+        }
+        let session = *session;
+        if ask {
             self.emit(Event::Install(id));
+        } else if closing {
+            self.emit(Event::Update(id));
         }
         // A reset session lives on for its short timeout: the RST still
         // has hops to walk, and stray packets must not open a new session.
@@ -894,14 +917,31 @@ impl Datapath {
         self.meters.add_counts(instance, bytes, packets);
     }
 
-    /// A session's hardware rules counted packets up to `now`: it is not
-    /// idle. `answered` when the responder's rules counted some: the
-    /// connection is established even though the fast path never saw the
-    /// answer.
-    pub fn mark_active(&mut self, id: SessionId, now: Nanos, answered: bool) {
+    /// The NIC found one of the session's rules idle for half its idle
+    /// timeout: the offload layer took its rules away, and the session
+    /// waits in software for the other half (see [`Session::demote`]).
+    pub fn demote(&mut self, id: SessionId, now: Nanos) {
+        let timeouts = self.timeouts;
         if let Some(s) = self.sessions.get_mut(id) {
-            s.touch_counters(now, answered);
+            let idle = timeouts.idle(s.key().proto(), s.conn());
+            s.demote(now, idle);
         }
+    }
+
+    /// The offload layer put the session's rules in force, or took them
+    /// away (see [`Session::set_hardware`]).
+    pub fn set_hardware(&mut self, id: SessionId, in_force: bool, now: Nanos) {
+        let timeouts = self.timeouts;
+        if let Some(s) = self.sessions.get_mut(id) {
+            let idle = timeouts.idle(s.key().proto(), s.conn());
+            s.set_hardware(in_force, now, idle);
+        }
+    }
+
+    /// The idle timeouts.
+    #[must_use]
+    pub const fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
     }
 
     /// Changes an instance's state. Draining takes it out of new sessions.

@@ -46,12 +46,25 @@ pub(crate) fn rig(services: &[Svc]) -> Rig {
     rig_with(services, |_, _| {})
 }
 
+/// [`rig`] as configuration generation `generation`.
+pub(crate) fn rig_at(services: &[Svc], generation: u64) -> Rig {
+    rig_built(Generation(generation), services, |_, _| {})
+}
+
 /// [`rig`], with a hook to add more (chains, policies) before building.
 pub(crate) fn rig_with(
     services: &[Svc],
     more: impl FnOnce(&mut ConfigBuilder, &[ServiceId]),
 ) -> Rig {
-    let mut b = Config::builder(Generation(1));
+    rig_built(Generation(1), services, more)
+}
+
+fn rig_built(
+    generation: Generation,
+    services: &[Svc],
+    more: impl FnOnce(&mut ConfigBuilder, &[ServiceId]),
+) -> Rig {
+    let mut b = Config::builder(generation);
     let lan = b.add_port("lan", PortRole::Uplink(Uplink::Lan)).unwrap();
     let wan = b.add_port("wan", PortRole::Uplink(Uplink::Wan)).unwrap();
     let mut ids = Vec::new();

@@ -185,11 +185,39 @@ fn qinq_keeps_outer_and_inner_tags() {
 }
 
 #[test]
-fn a_third_tag_is_an_error() {
+fn three_tags_are_kept_and_a_fourth_is_an_error() {
+    // A QinQ customer frame under the gateway's segment tag.
+    let three = [
+        tag(EtherType::Vlan, 10),
+        tag(EtherType::QinQ, 20),
+        tag(EtherType::Vlan, 30),
+    ];
+    let f = frame(
+        &three,
+        NetSpec::Ip(
+            v4(),
+            L4Spec::Udp {
+                src_port: 1,
+                dst_port: 2,
+            },
+        ),
+        b"",
+    );
+    let p = parse(&f).unwrap();
+    let vids: Vec<u16> = p
+        .key()
+        .unwrap()
+        .vlans()
+        .as_slice()
+        .iter()
+        .map(|v| v.get())
+        .collect();
+    assert_eq!(vids, [10, 20, 30]);
     let vlans = [
         tag(EtherType::QinQ, 10),
         tag(EtherType::Vlan, 20),
         tag(EtherType::Vlan, 30),
+        tag(EtherType::Vlan, 40),
     ];
     let f = frame(
         &vlans,
@@ -205,9 +233,9 @@ fn a_third_tag_is_an_error() {
     let err = parse(&f).unwrap_err();
     assert_eq!(
         (err.kind(), err.offset()),
-        (ParseErrorKind::TooManyVlanTags, 22)
+        (ParseErrorKind::TooManyVlanTags, 26)
     );
-    assert_eq!(err.to_string(), "more than 2 vlan tags at offset 22");
+    assert_eq!(err.to_string(), "more than 3 vlan tags at offset 26");
 }
 
 #[test]

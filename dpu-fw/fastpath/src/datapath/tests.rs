@@ -242,10 +242,7 @@ fn a_session_walks_three_hops_out_and_the_reply_walks_them_back() {
         out.frame, syn,
         "tag pushed, rewritten and popped: the frame leaves as it came"
     );
-    assert_eq!(
-        net.events(),
-        [Event::Install(net.dp.sessions().ids().next().unwrap())]
-    );
+    assert!(net.events().is_empty(), "no rules while it opens");
 
     let reply = tcp_frame(
         (SERVER, 443),
@@ -254,6 +251,11 @@ fn a_session_walks_three_hops_out_and_the_reply_walks_them_back() {
         b"",
     );
     let back = net.send_wan(reply);
+    assert_eq!(
+        net.events(),
+        [Event::Install(net.dp.sessions().ids().next().unwrap())],
+        "rules once answered"
+    );
     assert_eq!(back.exit, Ok(lan));
     let mut expected = out.visited.clone();
     expected.reverse();
@@ -657,7 +659,7 @@ fn reset_ends_the_session_and_idle_sessions_expire() {
 }
 
 #[test]
-fn hardware_counters_keep_a_session_alive() {
+fn an_aged_session_waits_half_its_timeout_and_asks_for_rules_again() {
     let r = three_hop(1);
     let mut net = Net::new(
         r,
@@ -666,7 +668,12 @@ fn hardware_counters_keep_a_session_alive() {
             ..Options::default()
         },
     );
-    net.send_lan(tcp_frame((client(1), 1), (SERVER, 80), TcpFlags::SYN, b""));
+    let syn = tcp_frame((client(1), 1), (SERVER, 80), TcpFlags::SYN, b"");
+    net.send_lan(syn);
+    assert!(
+        net.events().is_empty(),
+        "no rules for a connection still opening"
+    );
     net.send_wan(tcp_frame(
         (SERVER, 80),
         (client(1), 1),
@@ -674,17 +681,27 @@ fn hardware_counters_keep_a_session_alive() {
         b"",
     ));
     let id = net.dp.sessions().ids().next().unwrap();
-    let start = net.now;
-    for minute in 1..10 {
-        net.dp
-            .mark_active(id, start + Nanos::from_secs(minute * 60), true);
-        net.dp.tick(start + Nanos::from_secs(minute * 60 + 1));
-    }
     assert!(
-        net.dp.session(id).is_some(),
-        "established, counted by rules: still there"
+        matches!(net.events()[..], [Event::Install(i)] if i == id),
+        "rules once the responder answered"
     );
-    net.dp.tick(start + Nanos::from_secs(9 * 60 + 301));
+    // The NIC finds a rule idle (half of the established 300 s) ten
+    // minutes on: the session has the other half left in software.
+    let aged = net.now + Nanos::from_secs(600);
+    net.dp.demote(id, aged);
+    net.dp.tick(aged + Nanos::from_secs(149));
+    assert!(net.dp.session(id).is_some());
+    // A packet within it asks for rules again, once.
+    net.now = aged + Nanos::from_secs(149);
+    let ack = tcp_frame((client(1), 1), (SERVER, 80), TcpFlags::ACK, b"");
+    net.send_lan(ack.clone());
+    assert!(matches!(net.events()[..], [Event::Install(i)] if i == id));
+    net.send_lan(ack);
+    assert!(net.events().is_empty());
+    // Aged again and silent: gone after the other half.
+    let aged = net.now + Nanos::from_secs(150);
+    net.dp.demote(id, aged);
+    net.dp.tick(aged + Nanos::from_secs(151));
     assert!(net.dp.session(id).is_none());
 }
 

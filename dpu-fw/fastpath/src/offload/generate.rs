@@ -1,26 +1,36 @@
 //! From a session to its flow rules (DESIGN.md section 5).
 //!
 //! The switch's base rules: in group 0, one rule per port that only jumps
-//! to group 1; in group 1, one lowest-priority rule per port that sends
-//! what no session rule took to software (the fast path), as received on
-//! that port.
+//! to the session group. Nothing else: a packet no session rule takes
+//! misses, and a miss goes to software as received on its port (on mlx5,
+//! to the eSwitch manager and on to the port's representor; hardware
+//! steering in DPDK 22.11 has no PORT_REPRESENTOR action).
 //!
-//! A session's rules, in group 1, one exact-match rule per hop per
-//! direction of travel: ingress port, the outer (segment) tag when the
+//! A session's rules, in the session group, one exact-match rule per hop
+//! per direction of travel: ingress port, the outer (segment) tag when the
 //! packet comes back from an instance, the customer tags, and the
 //! direction's addresses, protocol and ports (ICMP: the echo identifier);
-//! TCP rules also require FIN and RST clear, so the segments that end a
-//! connection go to the fast path.
-//! The actions count into the rule's own counter (idleness) and, when the
-//! rule hands the packet to an instance, into that instance's shared
-//! counter (its load); then push (entering the chain), rewrite (hop to
-//! hop) or pop (leaving it) the segment tag, and send the packet to the
-//! next port. A bypass session gets one rule per direction between the
-//! uplinks, a drop session one drop rule per direction.
+//! TCP rules also require SYN, FIN and RST clear, so the segments that
+//! open or end a connection go to the fast path.
+//!
+//! One counter per rule at most (mlx5 refuses two): a rule that hands the
+//! packet to an instance counts into that instance's shared counter (its
+//! load); the others (the way out of the chain, bypass, drop) carry an AGE
+//! instead, so the NIC reports a session that went idle. Then, in the
+//! order the eSwitch applies them: pop the segment tag (leaving the
+//! chain), the counter or AGE, push and set (entering) or set (hop to hop)
+//! the segment tag, and the next port. A bypass session gets one rule per
+//! direction between the uplinks, a drop session one drop rule per
+//! direction.
 //!
 //! A continuation session (a flow a NAT rewrote) only gets the rules of the
 //! part of the chain it travels: onwards from the rewriting instance, and
 //! back up to it.
+//!
+//! Patterns are written so that they mean the same under rte_flow's
+//! documented semantics and mlx5's (the software eSwitch's two profiles):
+//! `has_vlan` on the ETH item rather than a TPID in its type, the L3
+//! EtherType in the last VLAN item's `inner_type`.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -31,25 +41,80 @@ use chaingate_shared::{ChainId, FlowKey, InstanceId, IpProtocol, PortId, VlanId}
 
 use super::CounterId;
 use super::rule::{
-    Action, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Item, Rule, RuleFull, Spec,
-    TcpFields, UdpFields, VlanFields,
+    Action, ActionKind, Age, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Item,
+    Rule, RuleFull, Spec, TcpFields, UdpFields, VlanFields,
 };
 use crate::session::{Session, SessionAction};
 use crate::wire::EtherType;
 use crate::wire::tcp::TcpFlags;
 
-/// The group base rules jump to and session rules live in.
-pub const SESSION_GROUP: u32 = 1;
+/// The groups session rules live in: a new configuration's rules go to the
+/// other one, and one swap of the base jumps puts them in force.
+pub const SESSION_GROUPS: [u32; 2] = [1, 2];
 /// Priority of session rules.
 pub const SESSION_PRIORITY: u32 = 1;
-/// Priority of the miss rules (the lowest).
-pub const MISS_PRIORITY: u32 = 1000;
-/// TCP flags a session rule requires clear (FIN, RST): segments that end
-/// a connection miss and reach the fast path, which must see them to end
-/// the session. (SYN is not among them: the answer to a SYN is learnt from
-/// the counters of the responder's rules, so the handshake stays in
-/// hardware.)
-pub const TEARDOWN_FLAGS: u8 = TcpFlags::FIN.union(TcpFlags::RST).0;
+/// TCP flags a session rule requires clear (SYN, FIN, RST): the segments
+/// that open and end a connection miss and reach the fast path, which
+/// follows the connection's state; rules carry only what lies between.
+pub const CONTROL_FLAGS: u8 = TcpFlags::SYN.union(TcpFlags::FIN).union(TcpFlags::RST).0;
+
+/// The actions templates of rules that take packets from an uplink:
+/// into a chain's first instance, straight across (bypass, or a chain
+/// with no instance), drop.
+pub const FROM_UPLINK: [&[ActionKind]; 3] = [
+    &[
+        ActionKind::SharedCount,
+        ActionKind::OfPushVlan,
+        ActionKind::OfSetVlanVid,
+        ActionKind::RepresentedPort,
+    ],
+    &[ActionKind::Age, ActionKind::RepresentedPort],
+    &[ActionKind::Age, ActionKind::Drop],
+];
+
+/// The actions templates of rules that take packets coming back from an
+/// instance: on to the next instance, out of the chain.
+pub const FROM_INSTANCE: [&[ActionKind]; 2] = [
+    &[
+        ActionKind::SharedCount,
+        ActionKind::OfSetVlanVid,
+        ActionKind::RepresentedPort,
+    ],
+    &[
+        ActionKind::OfPopVlan,
+        ActionKind::Age,
+        ActionKind::RepresentedPort,
+    ],
+];
+
+/// The actions template of the base jumps.
+pub const JUMP: [&[ActionKind]; 1] = [&[ActionKind::Jump]];
+
+/// The actions templates a table for `rule` needs, by where its packets
+/// come from (a rule carrying the segment tag in its match comes back
+/// from an instance).
+#[must_use]
+pub fn templates_for(rule: &Rule) -> &'static [&'static [ActionKind]] {
+    if rule.actions.iter().any(|a| matches!(a, Action::Jump(_))) {
+        &JUMP
+    } else if rule
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::OfPopVlan) || matches!(a, Action::OfSetVlanVid(_)))
+        && !rule
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::OfPushVlan(_)))
+    {
+        &FROM_INSTANCE
+    } else {
+        &FROM_UPLINK
+    }
+}
+
+/// The reason given for a session through an instance that has no
+/// shared counter.
+pub const NO_COUNTER: &str = "an instance without its shared counter";
 
 /// Why a session gets no rules.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -82,23 +147,19 @@ impl From<RuleFull> for GenerateError {
     }
 }
 
-/// The base rules of every port: jump to the session group, and send
-/// misses to software.
+/// The base rules of every port: jump to `group`, at `priority` in
+/// group 0.
 ///
 /// # Errors
-/// None in practice (two items and one action per rule).
-pub fn base_rules(config: &Config) -> Result<Vec<Rule>, GenerateError> {
+/// None in practice (one item and one action per rule).
+pub fn base_rules(config: &Config, group: u32, priority: u32) -> Result<Vec<Rule>, GenerateError> {
     let mut rules = Vec::new();
     for n in 0..config.ports().len() {
         let port = PortId::from_index(u16::try_from(n).map_err(|_| GenerateError::Stale)?);
-        let mut jump = Rule::transfer(0, 0);
+        let mut jump = Rule::transfer(0, priority);
         jump.item(Item::RepresentedPort(port))?
-            .action(Action::Jump(SESSION_GROUP))?;
+            .action(Action::Jump(group))?;
         rules.push(jump);
-        let mut miss = Rule::transfer(SESSION_GROUP, MISS_PRIORITY);
-        miss.item(Item::RepresentedPort(port))?
-            .action(Action::PortRepresentor(port))?;
-        rules.push(miss);
     }
     Ok(rules)
 }
@@ -114,30 +175,31 @@ struct Step {
     to: (PortId, Option<(InstanceId, VlanId)>),
 }
 
-/// Appends the rules of `session` to `out`. `counter` gives an instance's
-/// shared counter. The rules for the opener's packets come first; the
-/// number of them is returned (the rest carry the responder's packets, so
-/// their counters tell whether the connection was answered).
+/// Appends the rules of `session` to `out`, in session group `group`.
+/// `counter` gives an instance's shared counter; `age` is the AGE the
+/// rules that hand no packet to an instance carry.
 ///
 /// # Errors
 /// [`GenerateError`] when the session cannot be expressed in rules.
 pub fn session_rules(
     config: &Config,
     session: &Session,
+    group: u32,
     counter: impl Fn(InstanceId) -> Option<CounterId>,
+    age: Age,
     out: &mut Vec<Rule>,
-) -> Result<usize, GenerateError> {
+) -> Result<(), GenerateError> {
     let key = session.key();
     if key.proto() == IpProtocol::Icmpv6 && key.src_port() != 0 {
         return Err(GenerateError::Unsupported("ICMPv6 echo identifier"));
     }
-    let start = out.len();
-    let mut from_opener = 0;
     let opener = session.origin().travel();
+    let shared = |i: InstanceId| {
+        counter(i)
+            .map(Action::SharedCount)
+            .ok_or(GenerateError::Unsupported(NO_COUNTER))
+    };
     for travel in [opener, opener.reverse()] {
-        if travel != opener {
-            from_opener = out.len() - start;
-        }
         // The packet's own key in this direction: the session stores the
         // normalised key; lan-to-wan packets of a session opened at lan go
         // as they came.
@@ -149,43 +211,40 @@ pub fn session_rules(
         let exit = config.uplink_port(travel.exit());
         match session.action() {
             SessionAction::Bypass => {
-                let r = matching(out, &dir_key, (entry, None))?;
-                r.action(Action::Count)?
+                let r = matching(out, group, &dir_key, (entry, None))?;
+                r.action(Action::Age(age))?
                     .action(Action::RepresentedPort(exit))?;
             }
             SessionAction::Drop(_) => {
-                let r = matching(out, &dir_key, (entry, None))?;
-                r.action(Action::Count)?.action(Action::Drop)?;
+                let r = matching(out, group, &dir_key, (entry, None))?;
+                r.action(Action::Age(age))?.action(Action::Drop)?;
             }
             SessionAction::Chain(chain) => {
                 for step in walk(config, session, chain, travel, entry, exit)? {
-                    let r = matching(out, &dir_key, step.from)?;
-                    r.action(Action::Count)?;
+                    let r = matching(out, group, &dir_key, step.from)?;
                     match (step.from.1, step.to.1) {
                         (None, Some((instance, tag))) => {
-                            if let Some(c) = counter(instance) {
-                                r.action(Action::SharedCount(c))?;
-                            }
-                            r.action(Action::OfPushVlan(EtherType::Vlan.number()))?
+                            r.action(shared(instance)?)?
+                                .action(Action::OfPushVlan(EtherType::Vlan.number()))?
                                 .action(Action::OfSetVlanVid(tag))?;
                         }
                         (Some(_), Some((instance, tag))) => {
-                            if let Some(c) = counter(instance) {
-                                r.action(Action::SharedCount(c))?;
-                            }
-                            r.action(Action::OfSetVlanVid(tag))?;
+                            r.action(shared(instance)?)?
+                                .action(Action::OfSetVlanVid(tag))?;
                         }
                         (Some(_), None) => {
-                            r.action(Action::OfPopVlan)?;
+                            r.action(Action::OfPopVlan)?.action(Action::Age(age))?;
                         }
-                        (None, None) => {}
+                        (None, None) => {
+                            r.action(Action::Age(age))?;
+                        }
                     }
                     r.action(Action::RepresentedPort(step.to.0))?;
                 }
             }
         }
     }
-    Ok(from_opener)
+    Ok(())
 }
 
 /// The key of the session's packets travelling `travel`.
@@ -293,14 +352,15 @@ fn walk(
     Ok(steps)
 }
 
-/// Appends a rule matching a packet with `key` arriving at `from` (with
-/// the segment tag outermost, if given), built in place.
+/// Appends a rule in `group` matching a packet with `key` arriving at
+/// `from` (with the segment tag outermost, if given), built in place.
 fn matching<'a>(
     out: &'a mut Vec<Rule>,
+    group: u32,
     key: &FlowKey,
     from: (PortId, Option<VlanId>),
 ) -> Result<&'a mut Rule, GenerateError> {
-    out.push(Rule::transfer(SESSION_GROUP, SESSION_PRIORITY));
+    out.push(Rule::transfer(group, SESSION_PRIORITY));
     let r = out.last_mut().ok_or(GenerateError::TooLong)?;
     r.item(Item::RepresentedPort(from.0))?;
     let l3_type = if key.is_ipv6() {
@@ -309,42 +369,27 @@ fn matching<'a>(
         EtherType::Ipv4
     }
     .number();
-    let customer = key.vlans().as_slice();
-    let mut tags: heapless::Vec<(Option<u16>, VlanId), 3> = heapless::Vec::new();
+    // The tags, outermost first: the segment tag (ours, 802.1Q), then the
+    // customer's (802.1Q or 802.1ad: the key keeps the VID only).
+    let mut tags: heapless::Vec<VlanId, 3> = heapless::Vec::new();
     if let Some(seg) = from.1 {
-        tags.push((Some(EtherType::Vlan.number()), seg))
-            .map_err(|_| GenerateError::TooLong)?;
+        tags.push(seg).map_err(|_| GenerateError::TooLong)?;
     }
-    for vid in customer {
-        // Customer tags may be 802.1Q or 802.1ad: the key keeps the VID only.
-        tags.push((None, *vid))
-            .map_err(|_| GenerateError::TooLong)?;
+    for vid in key.vlans().as_slice() {
+        tags.push(*vid).map_err(|_| GenerateError::TooLong)?;
     }
-    let first_type = tags.first().map_or(Some(l3_type), |(tpid, _)| *tpid);
-    let eth = match first_type {
-        Some(t) => Spec::new(
-            EthFields {
-                ether_type: t,
-                ..EthFields::default()
-            },
-            EthFields {
-                ether_type: 0xFFFF,
-                ..EthFields::default()
-            },
-        ),
-        None => Spec::new(
-            EthFields {
-                has_vlan: true,
-                ..EthFields::default()
-            },
-            EthFields {
-                has_vlan: true,
-                ..EthFields::default()
-            },
-        ),
-    };
-    r.item(Item::Eth(eth))?;
-    for (i, (_, vid)) in tags.iter().enumerate() {
+    let tagged = !tags.is_empty();
+    r.item(Item::Eth(Spec::new(
+        EthFields {
+            has_vlan: tagged,
+            ..EthFields::default()
+        },
+        EthFields {
+            has_vlan: true,
+            ..EthFields::default()
+        },
+    )))?;
+    for (i, vid) in tags.iter().enumerate() {
         let last = i + 1 == tags.len();
         let spec = VlanFields {
             tci: vid.get(),
@@ -354,7 +399,7 @@ fn matching<'a>(
         let mask = VlanFields {
             tci: VlanId::MAX,
             inner_type: if last { 0xFFFF } else { 0 },
-            has_more_vlan: true,
+            has_more_vlan: !last,
         };
         r.item(Item::Vlan(Spec::new(spec, mask)))?;
     }
@@ -401,7 +446,7 @@ fn matching<'a>(
             TcpFields {
                 src_port: 0xFFFF,
                 dst_port: 0xFFFF,
-                flags: TEARDOWN_FLAGS,
+                flags: CONTROL_FLAGS,
             },
         )))?,
         IpProtocol::Udp => r.item(Item::Udp(Spec::new(
@@ -451,6 +496,11 @@ mod tests {
     use crate::session::{DropCause, Session, SessionAction};
     use crate::testing::{Svc, rig};
 
+    const AGE: Age = Age {
+        timeout_s: 30,
+        context: 7,
+    };
+
     fn key(proto: IpProtocol, sport: u16, dport: u16) -> FlowKey {
         FlowKey::v4(
             "10.0.0.1".parse().unwrap(),
@@ -462,7 +512,7 @@ mod tests {
     }
 
     #[test]
-    fn bypass_and_drop_sessions_get_one_rule_per_direction() {
+    fn bypass_and_drop_sessions_get_one_aging_rule_per_direction() {
         let r = rig(&[Svc::new("fw", 1)]);
         for (action, fate) in [
             (SessionAction::Bypass, Action::RepresentedPort(r.wan)),
@@ -470,16 +520,17 @@ mod tests {
         ] {
             let s = Session::new(&key(IpProtocol::Udp, 1, 2), Uplink::Lan, action, Nanos(0));
             let mut out = Vec::new();
-            session_rules(&r.config, &s, |_| None, &mut out).unwrap();
+            session_rules(&r.config, &s, 1, |_| None, AGE, &mut out).unwrap();
             assert_eq!(out.len(), 2);
             assert_eq!(out[0].fate(), Some(fate));
+            assert_eq!(out[0].actions[0], Action::Age(AGE));
             assert_eq!(out[0].pattern[0], Item::RepresentedPort(r.lan));
             assert_eq!(out[1].pattern[0], Item::RepresentedPort(r.wan));
         }
     }
 
     #[test]
-    fn a_chain_session_pushes_rewrites_and_pops_and_counts_into_instances() {
+    fn a_chain_session_counts_into_instances_and_ages_on_the_way_out() {
         let r = rig(&[Svc::new("fw", 1), Svc::new("nat", 1)]);
         let mut s = Session::new(
             &key(IpProtocol::Tcp, 1000, 80),
@@ -493,31 +544,83 @@ mod tests {
         session_rules(
             &r.config,
             &s,
+            2,
             |i| Some(CounterId(i.index() as u32 + 100)),
+            AGE,
             &mut out,
         )
         .unwrap();
         assert_eq!(out.len(), 6, "3 steps each way");
-        let has = |r: &Rule, a: &dyn Fn(&Action) -> bool| r.actions.iter().any(a);
-        assert!(has(&out[0], &|a| matches!(a, Action::OfPushVlan(0x8100))));
-        assert!(
-            has(&out[0], &|a| *a == Action::SharedCount(CounterId(100))),
-            "into the firewall's counter"
-        );
-        assert!(has(&out[1], &|a| matches!(a, Action::OfSetVlanVid(_))));
-        assert!(has(&out[1], &|a| *a == Action::SharedCount(CounterId(101))));
-        assert!(has(&out[2], &|a| *a == Action::OfPopVlan));
+        assert!(out.iter().all(|r| r.attr.group == 2));
+        let kinds = |r: &Rule| r.actions.iter().map(Action::kind).collect::<Vec<_>>();
+        assert_eq!(kinds(&out[0]), FROM_UPLINK[0]);
+        assert_eq!(out[0].actions[0], Action::SharedCount(CounterId(100)));
+        assert_eq!(kinds(&out[1]), FROM_INSTANCE[0]);
+        assert_eq!(out[1].actions[0], Action::SharedCount(CounterId(101)));
+        assert_eq!(kinds(&out[2]), FROM_INSTANCE[1]);
         assert_eq!(out[2].fate(), Some(Action::RepresentedPort(r.wan)));
-        assert!(
-            out.iter().all(|r| r.actions.contains(&Action::Count)),
-            "every rule counts for idleness"
-        );
+        for rule in &out {
+            let counters = rule
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Count | Action::SharedCount(_) | Action::Age(_)))
+                .count();
+            assert_eq!(counters, 1, "one counter (or AGE) per rule: {rule:?}");
+        }
         // The reply direction matches the reversed tuple from wan.
         assert_eq!(out[3].pattern[0], Item::RepresentedPort(r.wan));
         let Some(Item::Tcp(t)) = out[3].pattern.iter().find(|i| matches!(i, Item::Tcp(_))) else {
             panic!()
         };
         assert_eq!((t.spec.src_port, t.spec.dst_port), (80, 1000));
+        assert_eq!(t.mask.flags, CONTROL_FLAGS);
+        // Rules from an instance match its segment tag, with the L3 type
+        // in the tag's inner type.
+        let Some(Item::Vlan(v)) = out[1].pattern.iter().find(|i| matches!(i, Item::Vlan(_))) else {
+            panic!()
+        };
+        assert_eq!(v.spec.inner_type, 0x0800);
+        for rule in &out {
+            assert_eq!(
+                templates_for(rule)
+                    .iter()
+                    .filter(|t| **t == kinds(rule))
+                    .count(),
+                1,
+                "every rule has its template: {rule:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_instance_without_its_counter_is_not_offloaded() {
+        let r = rig(&[Svc::new("fw", 1)]);
+        let mut s = Session::new(
+            &key(IpProtocol::Udp, 1, 2),
+            Uplink::Lan,
+            SessionAction::Chain(ChainId::from_index(0)),
+            Nanos(0),
+        );
+        s.set_hop(0, Some(r.instances[0][0]));
+        let mut out = Vec::new();
+        assert!(matches!(
+            session_rules(&r.config, &s, 1, |_| None, AGE, &mut out),
+            Err(GenerateError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn base_rules_only_jump() {
+        let r = rig(&[Svc::new("fw", 1)]);
+        let rules = base_rules(&r.config, 2, 1).unwrap();
+        assert_eq!(rules.len(), r.config.ports().len());
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.actions.as_slice() == [Action::Jump(2)]
+                    && r.attr.group == 0
+                    && r.attr.priority == 1)
+        );
     }
 
     #[test]
@@ -533,7 +636,7 @@ mod tests {
         let s = Session::new(&k, Uplink::Lan, SessionAction::Bypass, Nanos(0));
         let mut out = Vec::new();
         assert!(matches!(
-            session_rules(&r.config, &s, |_| None, &mut out),
+            session_rules(&r.config, &s, 1, |_| None, AGE, &mut out),
             Err(GenerateError::Unsupported(_))
         ));
     }

@@ -1,30 +1,48 @@
 //! The offload manager: keeps a backend's rules in step with the fast
 //! path's sessions.
 //!
-//! - It drains the data path's events: an opened session is queued for
-//!   rules, a changed one has its rules replaced, an ended one removed.
-//!   Queued sessions are installed in batches (one `create_batch` per
-//!   flush), within a rule budget.
+//! - It drains the data path's events: a session that asks for rules is
+//!   queued, a changed one has its rules replaced, an ended one removed.
+//!   Queued sessions are installed in batches (one `enqueue` per flush),
+//!   within a rule budget, into template tables made the first time a
+//!   rule shape needs one (one table per pattern, with every actions
+//!   template that pattern's rules use).
 //! - A session whose rules a backend refuses (or that would go over the
 //!   budget) stays on the software path, where the fast path forwards its
 //!   packets: nothing is dropped. The rules it did get are removed again,
 //!   so a session is either wholly in hardware or wholly in software, and
 //!   the refusal is counted by reason.
-//! - Every meter interval it reads each instance's shared counter and feeds
-//!   the deltas to the fast path's meters; every age interval it reads each
-//!   offloaded session's rule counters and tells the fast path the
-//!   sessions that moved packets, so only idle sessions time out.
+//! - One shared counter per instance, kept across configurations by the
+//!   instance's name: every meter interval they are read and their deltas
+//!   feed the fast path's meters.
+//! - Idleness comes from the NIC: rules that hand no packet to an instance
+//!   carry an AGE of half the session's idle timeout; an aged rule sends
+//!   its whole session back to software with the other half of the
+//!   timeout left ([`Datapath::demote`]): a session that is idle ends
+//!   there, one that is not asks for rules again at its next packet.
+//! - Make-before-break: session rules live in one of two groups, behind a
+//!   jump per port in group 0. A new configuration's rules go into the
+//!   other group while the old ones keep steering; once every session has
+//!   its new rules, the jumps are swapped (the new jump is made in the
+//!   group 0 table of the other priority before the old one goes, so no
+//!   packet misses) and the old group is emptied. A session whose rules
+//!   change with the configuration leaves the old group at once, so no
+//!   packet follows a path that is no longer there.
 //! - At the age interval it also reconciles: rules of sessions the fast
 //!   path no longer has are removed (an event may have been lost), sessions
-//!   the fast path has but the manager never heard of are queued.
+//!   that asked for rules and were never heard of are queued.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use core::hash::Hasher;
 
 use chaingate_shared::config::MAX_HOPS;
-use chaingate_shared::{InstanceId, Nanos};
+use chaingate_shared::hash::FlowHasher;
+use chaingate_shared::{InstanceId, Name, Nanos};
 
-use super::generate::{GenerateError, base_rules, session_rules};
+use super::generate::{GenerateError, SESSION_GROUPS, base_rules, session_rules, templates_for};
+use super::rule::{Action, Age, Item};
+use super::template::{ActionsTemplate, Place, TableId, TableSpec};
 use super::{CounterId, Counts, FlowOffload, OffloadError, Refusal, Rule, RuleHandle};
 use crate::datapath::{Datapath, Event};
 use crate::session::SessionId;
@@ -32,12 +50,15 @@ use crate::session::SessionId;
 /// Rules one session has at most: two directions of (hops + 1) steps.
 pub const MAX_SESSION_RULES: usize = 2 * (MAX_HOPS + 1);
 
+/// Distinct refusal reasons kept for operators.
+pub const REASONS: usize = 16;
+
 /// How the manager paces itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ManagerOptions {
     /// Rules installed at most (the backend may hold fewer).
     pub budget: usize,
-    /// Sessions installed per `create_batch`.
+    /// Sessions installed per `enqueue`.
     pub batch: usize,
     /// Rules installed at most per [`OffloadManager::handle_events`] call:
     /// installation never holds the data path up for long; the rest waits
@@ -48,9 +69,11 @@ pub struct ManagerOptions {
     pub max_pending: usize,
     /// How often instance counters feed the meters.
     pub meter_interval: Nanos,
-    /// How often session rule counters are read for idleness, and the
-    /// manager reconciles with the session table.
+    /// How often aged rules are pulled from the backend, and the manager
+    /// reconciles with the session table.
     pub age_interval: Nanos,
+    /// Rules a template table holds.
+    pub table_size: u32,
 }
 
 impl Default for ManagerOptions {
@@ -61,7 +84,8 @@ impl Default for ManagerOptions {
             install_budget: 1 << 12,
             max_pending: 1 << 16,
             meter_interval: Nanos::from_millis(100),
-            age_interval: Nanos::from_secs(5),
+            age_interval: Nanos::from_secs(1),
+            table_size: 1 << 20,
         }
     }
 }
@@ -69,10 +93,10 @@ impl Default for ManagerOptions {
 /// What the manager has done.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct ManagerStats {
-    /// Session rules installed now (the base rules, a jump and a miss per
-    /// port, are not counted; nor are they in the budget).
+    /// Session rules installed now, in force or waiting for a swap (the
+    /// base jumps are not counted; nor are they in the budget).
     pub rules: usize,
-    /// Sessions whose rules are installed now.
+    /// Sessions whose rules are in force now.
     pub sessions_offloaded: usize,
     /// Rules ever created.
     pub created: u64,
@@ -85,6 +109,12 @@ pub struct ManagerStats {
     pub base_refused: u64,
     /// Rules removed by reconciliation (their session was gone).
     pub reconciled: u64,
+    /// Sessions sent back to software because the NIC found a rule idle.
+    pub aged: u64,
+    /// Configurations whose rules were swapped in.
+    pub swaps: u64,
+    /// Template tables made.
+    pub tables: usize,
 }
 
 impl ManagerStats {
@@ -98,14 +128,41 @@ impl ManagerStats {
 #[derive(Clone, Debug, Default)]
 struct Entry {
     id: Option<SessionId>,
+    /// Rules in the group in force.
     rules: heapless::Vec<RuleHandle, MAX_SESSION_RULES>,
-    /// How many of `rules` (the first ones) carry the opener's packets.
-    from_opener: usize,
-    /// Packets all its rules had counted at the last look.
-    packets: u64,
+    /// Rules in the incoming group, waiting for the swap.
+    next: heapless::Vec<RuleHandle, MAX_SESSION_RULES>,
+    /// What its rules were, group and AGE context aside: a new
+    /// configuration that gives the same rules keeps them in force.
+    print: u64,
     /// Why it is in software: the backend refused it (left there until
     /// it changes), or the queue was full (queued again later).
     refused: Option<Refusal>,
+}
+
+/// A template table the manager made (or tried to: a backend that refuses
+/// a shape refuses it once).
+#[derive(Debug)]
+struct Table {
+    spec: TableSpec,
+    made: Result<TableId, OffloadError>,
+}
+
+/// A new configuration's rules going in.
+#[derive(Clone, Copy, Debug)]
+struct Transition {
+    /// The group they go to.
+    group: u32,
+    /// Queue positions still ahead that were queued for it.
+    remaining: usize,
+}
+
+/// An instance's shared counter and its last reading.
+#[derive(Clone, Debug)]
+struct Shared {
+    name: Name,
+    counter: CounterId,
+    last: Counts,
 }
 
 /// Keeps a [`FlowOffload`] backend's rules in step with a [`Datapath`].
@@ -113,45 +170,82 @@ struct Entry {
 pub struct OffloadManager<B> {
     backend: B,
     options: ManagerOptions,
-    base: Vec<RuleHandle>,
+    /// The session group in force.
+    group: u32,
+    /// The base jumps in force, and their priority in group 0 (0 or 1).
+    jumps: Vec<RuleHandle>,
+    jump_priority: u32,
+    transition: Option<Transition>,
+    tables: Vec<Table>,
     entries: Vec<Entry>,
     pending: VecDeque<SessionId>,
-    counters: Vec<Option<(CounterId, Counts)>>,
+    /// Per instance of the configuration in force.
+    counters: Vec<Option<Shared>>,
+    /// Why the last shared counter could not be made: what sessions
+    /// through an instance without one are refused for.
+    counter_error: Option<OffloadError>,
+    /// Counters of instances gone, removed at the next swap (rules in
+    /// force may still name them).
+    retired: Vec<CounterId>,
+    /// The ports of the configuration in force, in order: rules name
+    /// ports by their place in it.
+    ports: Vec<Name>,
     last_meter: Nanos,
     last_age: Nanos,
+    /// The latest time `poll` was given.
+    clock: Nanos,
     stats: ManagerStats,
+    reasons: heapless::Vec<(&'static str, u64), REASONS>,
     scratch: Vec<Rule>,
+    places: Vec<Place>,
     results: Vec<Result<RuleHandle, OffloadError>>,
-    /// Per session in the batch: id, first rule, rules, rules from the
-    /// opener.
-    owners: Vec<(SessionId, usize, usize, usize)>,
+    aged: Vec<u64>,
+    /// Per session in the batch: id, first rule, rules, fingerprint.
+    owners: Vec<(SessionId, usize, usize, u64)>,
 }
 
 impl<B: FlowOffload> OffloadManager<B> {
-    /// A manager for `dp` over `backend`: installs the base rules and the
-    /// instances' shared counters.
+    /// A manager for `dp` over `backend` (configured and started): makes
+    /// the instances' shared counters and the base jumps.
     pub fn new(backend: B, dp: &Datapath, options: ManagerOptions) -> Self {
         let mut m = Self {
             backend,
             options,
-            base: Vec::new(),
+            group: SESSION_GROUPS[0],
+            jumps: Vec::new(),
+            jump_priority: 0,
+            transition: None,
+            tables: Vec::new(),
             entries: alloc::vec![Entry::default(); dp.sessions().capacity()],
             pending: VecDeque::with_capacity(options.batch * 4),
             counters: Vec::new(),
+            counter_error: None,
+            retired: Vec::new(),
+            ports: port_names(dp),
             last_meter: Nanos(0),
             last_age: Nanos(0),
+            clock: Nanos(0),
             stats: ManagerStats::default(),
+            reasons: heapless::Vec::new(),
             scratch: Vec::with_capacity(options.batch * MAX_SESSION_RULES),
+            places: Vec::with_capacity(options.batch * MAX_SESSION_RULES),
             results: Vec::with_capacity(options.batch * MAX_SESSION_RULES),
+            aged: Vec::new(),
             owners: Vec::with_capacity(options.batch),
         };
-        m.install_base(dp);
+        m.update_counters(dp);
+        m.jumps = m.make_jumps(dp, m.group, m.jump_priority);
         m
     }
 
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The backend, the manager done with.
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     /// The backend, to drive (the software eSwitch processes frames).
@@ -165,7 +259,26 @@ impl<B: FlowOffload> OffloadManager<B> {
         &self.stats
     }
 
-    /// True when the session's rules are installed.
+    /// Why sessions were refused, in the backend's words, with how many
+    /// (the first [`REASONS`] distinct reasons).
+    #[must_use]
+    pub fn refusal_reasons(&self) -> &[(&'static str, u64)] {
+        &self.reasons
+    }
+
+    /// The session group in force.
+    #[must_use]
+    pub const fn group(&self) -> u32 {
+        self.group
+    }
+
+    /// True while a new configuration's rules are going in.
+    #[must_use]
+    pub const fn swapping(&self) -> bool {
+        self.transition.is_some()
+    }
+
+    /// True when the session's rules are in force.
     #[must_use]
     pub fn is_offloaded(&self, id: SessionId) -> bool {
         self.entries
@@ -173,56 +286,53 @@ impl<B: FlowOffload> OffloadManager<B> {
             .is_some_and(|e| e.id == Some(id) && !e.rules.is_empty())
     }
 
-    fn install_base(&mut self, dp: &Datapath) {
-        for h in core::mem::take(&mut self.base) {
-            let _ = self.backend.destroy(h);
-            self.stats.destroyed += 1;
-        }
-        for c in core::mem::take(&mut self.counters).into_iter().flatten() {
-            let _ = self.backend.destroy_counter(c.0);
-        }
-        let config = dp.config();
-        self.counters = (0..config.instances().len())
-            .map(|_| {
-                self.backend
-                    .create_counter()
-                    .ok()
-                    .map(|c| (c, Counts::default()))
-            })
-            .collect();
-        match base_rules(config) {
-            Ok(rules) => {
-                for rule in &rules {
-                    match self.backend.create(rule) {
-                        Ok(h) => {
-                            self.base.push(h);
-                            self.stats.created += 1;
-                        }
-                        Err(_) => self.stats.base_refused += 1,
-                    }
-                }
-            }
-            Err(_) => self.stats.base_refused += 1,
-        }
+    /// The shared counter of each instance of the configuration in force.
+    pub fn counters(&self) -> impl Iterator<Item = (InstanceId, CounterId)> + '_ {
+        self.counters.iter().enumerate().filter_map(|(n, c)| {
+            let c = c.as_ref()?;
+            Some((InstanceId::from_index(u16::try_from(n).ok()?), c.counter))
+        })
     }
 
-    /// Takes the data path's events and installs, replaces or removes
-    /// rules accordingly.
-    pub fn handle_events(&mut self, dp: &mut Datapath) {
-        while let Some(event) = dp.next_event() {
-            match event {
-                Event::Install(id) => self.queue(id),
-                Event::Update(id) => {
-                    self.remove(id);
-                    self.queue(id);
-                }
-                Event::Remove(id) => self.remove(id),
+    /// The base jumps in force.
+    #[must_use]
+    pub fn jump_rules(&self, dp: &Datapath) -> Vec<Rule> {
+        base_rules(dp.config(), self.group, self.jump_priority).unwrap_or_default()
+    }
+
+    /// Appends the rules in force of the sessions in slots `from..`, at
+    /// most `sessions` of them; returns the slot to go on from (`None`:
+    /// the last was seen). They are made again as they were made, so what
+    /// they say is what the backend holds.
+    pub fn rules_in_force(
+        &self,
+        dp: &Datapath,
+        from: usize,
+        sessions: usize,
+        out: &mut Vec<Rule>,
+    ) -> Option<usize> {
+        let mut seen = 0;
+        for slot in from..self.entries.len() {
+            if seen == sessions {
+                return Some(slot);
+            }
+            let Some(e) = self.entries.get(slot) else {
+                break;
+            };
+            let Some(id) = e.id.filter(|_| !e.rules.is_empty()) else {
+                continue;
+            };
+            let Some(session) = dp.session(id) else {
+                continue;
+            };
+            let counters = &self.counters;
+            let counter = |i: InstanceId| shared_counter(counters, i);
+            let age = age_of(dp, session, id);
+            if session_rules(dp.config(), session, self.group, counter, age, out).is_ok() {
+                seen += 1;
             }
         }
-        let mut budget = self.options.install_budget;
-        while budget > 0 && !self.pending.is_empty() {
-            budget = budget.saturating_sub(self.flush(dp, budget));
-        }
+        None
     }
 
     /// Sessions waiting for rules.
@@ -231,61 +341,314 @@ impl<B: FlowOffload> OffloadManager<B> {
         self.pending.len()
     }
 
-    /// After the data path took a new configuration: new base rules and
-    /// counters, and every session's rules again (tags and ports may have
-    /// changed).
+    /// Shared counters for the instances of `dp`'s configuration: the
+    /// ones of instances kept by name carry on, new instances get theirs,
+    /// those of instances gone are retired.
+    fn update_counters(&mut self, dp: &Datapath) {
+        let config = dp.config();
+        let mut old: Vec<Shared> = core::mem::take(&mut self.counters)
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut counters = Vec::with_capacity(config.instances().len());
+        for inst in config.instances() {
+            let kept = old
+                .iter()
+                .position(|s| s.name == *inst.name())
+                .map(|p| old.swap_remove(p));
+            let shared = kept.or_else(|| {
+                let port = inst
+                    .attachment()
+                    .entry(chaingate_shared::config::Travel::ToWan);
+                let switch = self.backend.switch_of(port);
+                match self.backend.create_counter(switch) {
+                    Ok(counter) => Some(Shared {
+                        name: inst.name().clone(),
+                        counter,
+                        last: Counts::default(),
+                    }),
+                    Err(e) => {
+                        self.counter_error = Some(e);
+                        None
+                    }
+                }
+            });
+            counters.push(shared);
+        }
+        self.retired.extend(old.into_iter().map(|s| s.counter));
+        self.counters = counters;
+    }
+
+    /// The place of `rule`: its table (made on first need) and actions
+    /// template.
+    fn place(&mut self, rule: &Rule) -> Result<Place, OffloadError> {
+        let switch = rule
+            .pattern
+            .iter()
+            .find_map(|i| match i {
+                Item::RepresentedPort(p) => Some(self.backend.switch_of(*p)),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let found = self
+            .tables
+            .iter()
+            .position(|t| t.spec.switch == switch && t.spec.same_pattern(rule));
+        let table = match found {
+            Some(i) => i,
+            None => {
+                let templates: heapless::Vec<ActionsTemplate, 4> = templates_for(rule)
+                    .iter()
+                    .map(|t| t.iter().copied().collect())
+                    .collect();
+                let spec = TableSpec::of(rule, &templates, switch, self.options.table_size);
+                let made = self.backend.create_table(&spec);
+                if made.is_ok() {
+                    self.stats.tables += 1;
+                }
+                self.tables.push(Table { spec, made });
+                self.tables.len() - 1
+            }
+        };
+        let t = self
+            .tables
+            .get(table)
+            .ok_or(OffloadError::Invalid("no table"))?;
+        let id = t.made?;
+        let actions = t
+            .spec
+            .place(rule)
+            .map_err(|m| OffloadError::Invalid(m.reason()))?;
+        Ok(Place { table: id, actions })
+    }
+
+    /// Makes the base jumps to `group` at `priority` in group 0.
+    fn make_jumps(&mut self, dp: &Datapath, group: u32, priority: u32) -> Vec<RuleHandle> {
+        let Ok(rules) = base_rules(dp.config(), group, priority) else {
+            self.stats.base_refused += 1;
+            return Vec::new();
+        };
+        let mut places = Vec::with_capacity(rules.len());
+        for rule in &rules {
+            match self.place(rule) {
+                Ok(p) => places.push(p),
+                Err(_) => {
+                    self.stats.base_refused += rules.len() as u64;
+                    return Vec::new();
+                }
+            }
+        }
+        let mut out = Vec::new();
+        self.backend.enqueue(&rules, &places, &mut out);
+        let mut handles = Vec::new();
+        for r in out {
+            match r {
+                Ok(h) => {
+                    handles.push(h);
+                    self.stats.created += 1;
+                }
+                Err(_) => self.stats.base_refused += 1,
+            }
+        }
+        handles
+    }
+
+    /// Takes the data path's events and installs, replaces or removes
+    /// rules accordingly.
+    pub fn handle_events(&mut self, dp: &mut Datapath) {
+        while let Some(event) = dp.next_event() {
+            match event {
+                Event::Install(id) => self.queue(id, false),
+                Event::Update(id) => {
+                    self.remove_rules(dp, id);
+                    self.queue(id, false);
+                }
+                Event::Remove(id) => self.remove(dp, id),
+            }
+        }
+        let mut budget = self.options.install_budget;
+        while budget > 0 && !self.pending.is_empty() {
+            budget = budget.saturating_sub(self.flush(dp, budget));
+        }
+        if self.transition.is_some_and(|t| t.remaining == 0) {
+            self.swap(dp);
+        }
+    }
+
+    /// After the data path took a new configuration: every session's rules
+    /// for it go into the other group, behind the old ones, and are
+    /// swapped in once all are there (see the module's notes).
     pub fn reconfigured(&mut self, dp: &mut Datapath) {
-        let ids: Vec<SessionId> = self.entries.iter().filter_map(|e| e.id).collect();
-        for id in &ids {
-            self.remove(*id);
+        // A swap still under way is abandoned: its rules are remade for
+        // the newest configuration.
+        let mut abandoned = Vec::new();
+        for e in &mut self.entries {
+            abandoned.extend(e.next.drain(..));
         }
+        self.destroy(&abandoned);
+        self.update_counters(dp);
+        // Rules name ports by their place in the configuration: if the
+        // ports moved, no old rule means what it did, and all go now.
+        let ports = port_names(dp);
+        let ports_moved = ports != self.ports;
+        self.ports = ports;
+        let group = self.other_group();
         self.pending.clear();
-        self.install_base(dp);
+        // Sessions whose rules change leave the old group at once: their
+        // packets go to the fast path, which knows the new paths.
         let live: Vec<SessionId> = dp.sessions().ids().collect();
-        for id in live {
-            self.queue(id);
+        for id in &live {
+            let Some(e) = self.entries.get(id.slot() as usize) else {
+                continue;
+            };
+            if e.id != Some(*id) || e.rules.is_empty() {
+                continue;
+            }
+            let keep = !ports_moved
+                && dp.session(*id).is_some_and(|s| {
+                    self.scratch.clear();
+                    let age = age_of(dp, s, *id);
+                    let counters = &self.counters;
+                    let counter = |i: InstanceId| shared_counter(counters, i);
+                    session_rules(dp.config(), s, group, counter, age, &mut self.scratch).is_ok()
+                        && fingerprint(&self.scratch) == e.print
+                });
+            if !keep {
+                self.remove_rules(dp, *id);
+            }
         }
+        self.scratch.clear();
+        for e in &mut self.entries {
+            if e.id.is_some_and(|id| dp.session(id).is_none()) {
+                e.id = None;
+            }
+        }
+        let mut queued = 0;
+        for id in live {
+            if dp.session(id).is_some_and(|s| s.wants_offload()) {
+                self.queue(id, true);
+                queued += 1;
+            }
+        }
+        self.transition = Some(Transition {
+            group,
+            remaining: queued,
+        });
         self.handle_events(dp);
     }
 
-    fn queue(&mut self, id: SessionId) {
-        let full = self.pending.len() >= self.options.max_pending;
+    fn other_group(&self) -> u32 {
+        if self.group == SESSION_GROUPS[0] {
+            SESSION_GROUPS[1]
+        } else {
+            SESSION_GROUPS[0]
+        }
+    }
+
+    /// Puts the incoming group in force: new jumps, then the old ones and
+    /// the old group's rules go.
+    fn swap(&mut self, dp: &mut Datapath) {
+        let Some(t) = self.transition.take() else {
+            return;
+        };
+        let priority = 1 - self.jump_priority;
+        let jumps = self.make_jumps(dp, t.group, priority);
+        let old = core::mem::replace(&mut self.jumps, jumps);
+        self.destroy_base(&old);
+        let mut old_rules = Vec::new();
+        let mut offloaded = 0;
+        let now = self.clock;
+        for e in &mut self.entries {
+            let was = !e.rules.is_empty();
+            old_rules.extend(e.rules.drain(..));
+            e.rules = core::mem::take(&mut e.next);
+            let is = !e.rules.is_empty();
+            offloaded += usize::from(is);
+            if let Some(id) = e.id
+                && was != is
+            {
+                dp.set_hardware(id, is, now);
+            }
+        }
+        self.destroy(&old_rules);
+        self.stats.sessions_offloaded = offloaded;
+        for c in core::mem::take(&mut self.retired) {
+            let _ = self.backend.destroy_counter(c);
+        }
+        self.group = t.group;
+        self.jump_priority = priority;
+        self.stats.swaps += 1;
+    }
+
+    fn destroy(&mut self, handles: &[RuleHandle]) {
+        let n = self.backend.destroy_batch(handles);
+        self.stats.destroyed += n as u64;
+        self.stats.rules = self.stats.rules.saturating_sub(n);
+    }
+
+    fn destroy_base(&mut self, handles: &[RuleHandle]) {
+        let n = self.backend.destroy_batch(handles);
+        self.stats.destroyed += n as u64;
+    }
+
+    /// Queues `id` for rules; `always` past the queue's limit (a new
+    /// configuration's sessions).
+    fn queue(&mut self, id: SessionId, always: bool) {
+        let full = !always && self.pending.len() >= self.options.max_pending;
         if let Some(e) = self.entries.get_mut(id.slot() as usize) {
-            *e = Entry {
-                id: Some(id),
-                ..Entry::default()
-            };
+            if e.id != Some(id) {
+                *e = Entry {
+                    id: Some(id),
+                    ..Entry::default()
+                };
+            }
+            e.refused = None;
             if full {
-                self.refuse(id, Refusal::Budget);
+                self.refuse(id, Refusal::Budget, "the install queue is full");
             } else {
                 self.pending.push_back(id);
             }
         }
     }
 
-    fn remove(&mut self, id: SessionId) {
+    /// Removes a session's rules, in force and incoming, and forgets it.
+    fn remove(&mut self, dp: &mut Datapath, id: SessionId) {
+        self.remove_rules(dp, id);
+        if let Some(e) = self.entries.get_mut(id.slot() as usize)
+            && e.id == Some(id)
+        {
+            e.id = None;
+        }
+    }
+
+    /// Removes a session's rules (it stays known).
+    fn remove_rules(&mut self, dp: &mut Datapath, id: SessionId) {
         let Some(e) = self.entries.get_mut(id.slot() as usize) else {
             return;
         };
         if e.id != Some(id) {
             return;
         }
-        let rules = core::mem::take(&mut e.rules);
-        e.id = None;
-        if !rules.is_empty() {
+        let mut rules: heapless::Vec<RuleHandle, { 2 * MAX_SESSION_RULES }> =
+            e.rules.drain(..).collect();
+        let had = !rules.is_empty();
+        rules.extend(e.next.drain(..));
+        if had {
             self.stats.sessions_offloaded = self.stats.sessions_offloaded.saturating_sub(1);
+            dp.set_hardware(id, false, self.clock);
         }
-        for h in rules {
-            if self.backend.destroy(h).is_ok() {
-                self.stats.destroyed += 1;
-                self.stats.rules = self.stats.rules.saturating_sub(1);
-            }
-        }
+        self.destroy(&rules);
     }
 
-    fn refuse(&mut self, id: SessionId, why: Refusal) {
+    fn refuse(&mut self, id: SessionId, why: Refusal, reason: &'static str) {
         if let Some(c) = self.stats.refused.get_mut(why as usize) {
             *c += 1;
+        }
+        match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => {
+                let _ = self.reasons.push((reason, 1));
+            }
         }
         if let Some(e) = self.entries.get_mut(id.slot() as usize)
             && e.id == Some(id)
@@ -294,51 +657,89 @@ impl<B: FlowOffload> OffloadManager<B> {
         }
     }
 
+    /// The group rules made now go to.
+    fn target_group(&self) -> u32 {
+        self.transition.map_or(self.group, |t| t.group)
+    }
+
     /// Installs queued sessions in one batch of at most `batch` sessions
     /// and `budget` rules; returns the rules it tried.
-    fn flush(&mut self, dp: &Datapath, budget: usize) -> usize {
+    fn flush(&mut self, dp: &mut Datapath, budget: usize) -> usize {
         self.scratch.clear();
+        self.places.clear();
         self.owners.clear();
-        let counters = &self.counters;
-        let counter = |i: InstanceId| counters.get(i.index()).copied().flatten().map(|(c, _)| c);
-        let mut refused: Vec<(SessionId, Refusal)> = Vec::new();
+        let group = self.target_group();
+        let mut refused: Vec<(SessionId, Refusal, &'static str)> = Vec::new();
         let mut sessions = 0;
+        let mut popped = 0;
         while sessions < self.options.batch && self.scratch.len() < budget {
             let Some(id) = self.pending.pop_front() else {
                 break;
             };
-            let Some(session) = dp.session(id) else {
+            popped += 1;
+            let Some(session) = dp.session(id).filter(|s| s.wants_offload()) else {
                 continue;
             };
             sessions += 1;
             let start = self.scratch.len();
-            let from_opener = match session_rules(dp.config(), session, counter, &mut self.scratch)
+            let age = age_of(dp, session, id);
+            let counters = &self.counters;
+            let counter = |i: InstanceId| shared_counter(counters, i);
+            if let Err(e) =
+                session_rules(dp.config(), session, group, counter, age, &mut self.scratch)
             {
-                Ok(n) => n,
-                Err(e) => {
-                    self.scratch.truncate(start);
-                    refused.push((
-                        id,
-                        match e {
-                            GenerateError::Unsupported(_) | GenerateError::TooLong => {
-                                Refusal::Unsupported
-                            }
-                            GenerateError::Stale => Refusal::Other,
-                        },
-                    ));
-                    continue;
-                }
-            };
-            let n = self.scratch.len() - start;
-            if self.stats.rules + start + n > self.options.budget {
                 self.scratch.truncate(start);
-                refused.push((id, Refusal::Budget));
+                let (why, reason) = match (e, self.counter_error) {
+                    (GenerateError::Unsupported(super::generate::NO_COUNTER), Some(c)) => {
+                        (c.refusal(), reason_of(&c))
+                    }
+                    (GenerateError::Unsupported(what), _) => (Refusal::Unsupported, what),
+                    (GenerateError::TooLong, _) => (
+                        Refusal::Unsupported,
+                        "the rule needs more items or actions than fit",
+                    ),
+                    (GenerateError::Stale, _) => (
+                        Refusal::Other,
+                        "the session refers to another configuration",
+                    ),
+                };
+                refused.push((id, why, reason));
                 continue;
             }
-            self.owners.push((id, start, n, from_opener));
+            let n = self.scratch.len() - start;
+            if self.stats.rules + n > self.options.budget {
+                self.scratch.truncate(start);
+                refused.push((id, Refusal::Budget, "the rule budget is spent"));
+                continue;
+            }
+            let mut placed = true;
+            for i in start..start + n {
+                let Some(rule) = self.scratch.get(i).cloned() else {
+                    placed = false;
+                    break;
+                };
+                match self.place(&rule) {
+                    Ok(p) => self.places.push(p),
+                    Err(e) => {
+                        refused.push((id, e.refusal(), reason_of(&e)));
+                        placed = false;
+                        break;
+                    }
+                }
+            }
+            if !placed {
+                self.scratch.truncate(start);
+                self.places.truncate(start);
+                continue;
+            }
+            let print = fingerprint(self.scratch.get(start..start + n).unwrap_or(&[]));
+            self.owners.push((id, start, n, print));
         }
-        for (id, why) in refused {
-            self.refuse(id, why);
+        if let Some(t) = self.transition.as_mut() {
+            t.remaining = t.remaining.saturating_sub(popped);
+        }
+        for (id, why, reason) in refused {
+            self.refuse(id, why, reason);
         }
         let tried = self.scratch.len();
         if tried == 0 {
@@ -346,35 +747,47 @@ impl<B: FlowOffload> OffloadManager<B> {
             // the caller's loop ends when the queue is drained.
             return 1;
         }
-        self.backend.create_batch(&self.scratch, &mut self.results);
+        self.backend
+            .enqueue(&self.scratch, &self.places, &mut self.results);
         let owners = core::mem::take(&mut self.owners);
-        for &(id, start, n, from_opener) in &owners {
+        let incoming = self.transition.is_some();
+        for &(id, start, n, print) in &owners {
             let results = self.results.get(start..start + n).unwrap_or(&[]);
             let failure = results.iter().find_map(|r| r.err());
             let handles: heapless::Vec<RuleHandle, MAX_SESSION_RULES> =
                 results.iter().filter_map(|r| r.ok()).collect();
             self.stats.created += handles.len() as u64;
+            self.stats.rules += handles.len();
             match failure {
                 None => {
-                    if let Some(e) = self
+                    // The rules it replaces, or these if the session
+                    // went meanwhile.
+                    let stale = match self
                         .entries
                         .get_mut(id.slot() as usize)
                         .filter(|e| e.id == Some(id))
                     {
-                        self.stats.rules += handles.len();
-                        self.stats.sessions_offloaded += 1;
-                        e.rules = handles;
-                        e.from_opener = from_opener;
-                        e.packets = 0;
-                        continue;
-                    }
-                    self.destroy_all(&handles);
+                        Some(e) => {
+                            e.print = print;
+                            if incoming {
+                                core::mem::replace(&mut e.next, handles)
+                            } else {
+                                if e.rules.is_empty() {
+                                    self.stats.sessions_offloaded += 1;
+                                    dp.set_hardware(id, true, self.clock);
+                                }
+                                core::mem::replace(&mut e.rules, handles)
+                            }
+                        }
+                        None => handles,
+                    };
+                    self.destroy(&stale);
                 }
                 Some(error) => {
                     // All or nothing: a partly installed session would
                     // split between hardware and software for no gain.
-                    self.destroy_all(&handles);
-                    self.refuse(id, error.refusal());
+                    self.destroy(&handles);
+                    self.refuse(id, error.refusal(), reason_of(&error));
                 }
             }
         }
@@ -382,27 +795,20 @@ impl<B: FlowOffload> OffloadManager<B> {
         tried
     }
 
-    fn destroy_all(&mut self, handles: &[RuleHandle]) {
-        for h in handles {
-            if self.backend.destroy(*h).is_ok() {
-                self.stats.destroyed += 1;
-            }
-        }
-    }
-
-    /// Feeds counters to the fast path when their intervals come: instance
-    /// load to the meters, session activity to the idle timers; and
+    /// Feeds the NIC's findings to the fast path when their intervals
+    /// come: instance load to the meters, idle rules to the sessions; and
     /// reconciles with the session table.
     pub fn poll(&mut self, dp: &mut Datapath, now: Nanos) {
+        self.clock = self.clock.max(now);
         if now.since(self.last_meter) >= self.options.meter_interval {
             self.last_meter = now;
             for (n, slot) in self.counters.iter_mut().enumerate() {
-                let Some((counter, last)) = slot else {
+                let Some(shared) = slot else {
                     continue;
                 };
-                if let Ok(current) = self.backend.query_counter(*counter) {
-                    let delta = current.since(*last);
-                    *last = current;
+                if let Ok(current) = self.backend.query_counter(shared.counter) {
+                    let delta = current.since(shared.last);
+                    shared.last = current;
                     let id = InstanceId::from_index(u16::try_from(n).unwrap_or(u16::MAX));
                     dp.add_counts(id, delta.bytes, delta.packets);
                 }
@@ -415,26 +821,24 @@ impl<B: FlowOffload> OffloadManager<B> {
         }
     }
 
+    /// Sends the sessions of aged rules back to software.
     fn age(&mut self, dp: &mut Datapath, now: Nanos) {
-        for e in &mut self.entries {
-            let Some(id) = e.id else { continue };
-            if e.rules.is_empty() {
-                continue;
-            }
-            let (mut opener, mut responder) = (0u64, 0u64);
-            for (n, h) in e.rules.iter().enumerate() {
-                let packets = self.backend.query(*h).map_or(0, |c| c.packets);
-                if n < e.from_opener {
-                    opener += packets;
-                } else {
-                    responder += packets;
-                }
-            }
-            if opener + responder != e.packets {
-                e.packets = opener + responder;
-                dp.mark_active(id, now, responder > 0);
+        let mut aged = core::mem::take(&mut self.aged);
+        aged.clear();
+        self.backend.aged(now, &mut aged);
+        for context in &aged {
+            let id = SessionId::from_bits(*context);
+            let known = self
+                .entries
+                .get(id.slot() as usize)
+                .is_some_and(|e| e.id == Some(id) && !(e.rules.is_empty() && e.next.is_empty()));
+            if known {
+                self.remove_rules(dp, id);
+                dp.demote(id, now);
+                self.stats.aged += 1;
             }
         }
+        self.aged = aged;
     }
 
     fn reconcile(&mut self, dp: &mut Datapath) {
@@ -448,8 +852,8 @@ impl<B: FlowOffload> OffloadManager<B> {
             let had = self
                 .entries
                 .get(id.slot() as usize)
-                .map_or(0, |e| e.rules.len());
-            self.remove(id);
+                .map_or(0, |e| e.rules.len() + e.next.len());
+            self.remove(dp, id);
             self.stats.reconciled += had as u64;
         }
         // A session refused for want of room is tried again once rules
@@ -462,6 +866,7 @@ impl<B: FlowOffload> OffloadManager<B> {
         let again: Vec<SessionId> = dp
             .sessions()
             .ids()
+            .filter(|id| dp.session(*id).is_some_and(|s| s.wants_offload()))
             .filter(|id| {
                 self.entries.get(id.slot() as usize).is_none_or(|e| {
                     // Never heard of (an event was lost), left out when the
@@ -473,7 +878,80 @@ impl<B: FlowOffload> OffloadManager<B> {
             })
             .collect();
         for id in again {
-            self.queue(id);
+            self.queue(id, false);
         }
+    }
+}
+
+/// The names of the configuration's ports, in order.
+fn port_names(dp: &Datapath) -> Vec<Name> {
+    dp.config()
+        .ports()
+        .iter()
+        .map(|p| p.name().clone())
+        .collect()
+}
+
+/// The shared counter of instance `i`.
+fn shared_counter(counters: &[Option<Shared>], i: InstanceId) -> Option<CounterId> {
+    counters
+        .get(i.index())
+        .and_then(Option::as_ref)
+        .map(|s| s.counter)
+}
+
+/// The AGE a session's rules carry: half its idle timeout (at least a
+/// second), and its id to come back with.
+fn age_of(dp: &Datapath, session: &crate::session::Session, id: SessionId) -> Age {
+    let idle = dp.timeouts().idle(session.key().proto(), session.conn());
+    let half = (idle.0 / 2_000_000_000).clamp(1, u64::from(Age::MAX_TIMEOUT_S));
+    Age {
+        timeout_s: u32::try_from(half).unwrap_or(Age::MAX_TIMEOUT_S),
+        context: id.to_bits(),
+    }
+}
+
+/// What a session's rules are, group and AGE context aside.
+fn fingerprint(rules: &[Rule]) -> u64 {
+    let mut h = FlowHasher::new(0x0052_554C_4553); // "RULES"
+    for r in rules {
+        let mut r = r.clone();
+        r.attr.group = 0;
+        for a in &mut r.actions {
+            if let Action::Age(age) = a {
+                age.context = 0;
+            }
+        }
+        let mut words = WordHasher(0);
+        core::hash::Hash::hash(&r, &mut words);
+        h = h.word(words.0);
+    }
+    h.finish()
+}
+
+/// Folds what a `Hash` impl writes into one word.
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+}
+
+/// An operator's reading of a refusal.
+const fn reason_of(e: &OffloadError) -> &'static str {
+    match e {
+        OffloadError::Full => "rule table full",
+        OffloadError::Unsupported(what) | OffloadError::Invalid(what) => what,
+        OffloadError::NoSys => "no flow rule support on this port",
+        OffloadError::Exists => "an equal rule exists",
+        OffloadError::UnknownHandle => "no such rule, table or counter",
+        OffloadError::Other(_) => "another error",
     }
 }

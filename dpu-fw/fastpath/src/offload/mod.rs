@@ -14,13 +14,18 @@ pub mod manager;
 pub mod refuse;
 pub mod rule;
 pub mod soft;
+pub mod template;
+pub mod testpmd;
 
 use core::fmt;
 
+use chaingate_shared::{Nanos, PortId};
+
 pub use manager::{ManagerOptions, ManagerStats, OffloadManager};
 pub use refuse::Refusing;
-pub use rule::{Action, Attr, CounterId, EncapId, Item, MeterId, Rule, Spec, VxlanTunnel};
-pub use soft::{Outcome, SoftSwitch, SwitchDrop, SwitchStats};
+pub use rule::{Action, ActionKind, Age, Attr, CounterId, EncapId, Item, Rule, Spec, VxlanTunnel};
+pub use soft::{Mlx5, Outcome, Profile, SoftSwitch, SwitchDrop, SwitchStats};
+pub use template::{Place, PortAttr, TableId, TableSpec};
 
 /// A backend's handle of an installed rule.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -152,33 +157,58 @@ impl Refusal {
 /// A flow-rule backend: the NIC through DPDK's rte_flow, the software
 /// eSwitch, or one that refuses.
 ///
-/// Creation is by batch so that a backend with an asynchronous or bulk
-/// interface (rte_flow's template API) can use it; `create` is a batch of
-/// one.
+/// The calls follow rte_flow's life cycle: [`configure`](Self::configure)
+/// the template API while the ports are stopped, [`start`](Self::start),
+/// then make tables and enqueue rules into them. `create` is rte_flow's
+/// one-by-one API, which some drivers (mlx5 with hardware steering) do not
+/// serve at all.
 pub trait FlowOffload {
-    /// Checks a rule without installing it.
+    /// Reserves what the template API needs (`rte_flow_configure`): only
+    /// before the ports start.
     ///
     /// # Errors
-    /// Why the backend would refuse it.
-    fn validate(&mut self, rule: &Rule) -> Result<(), OffloadError>;
+    /// The port is started, or the backend has no template API (then
+    /// rules go one by one through [`create`](Self::create)).
+    fn configure(&mut self, attr: &PortAttr) -> Result<(), OffloadError>;
 
-    /// Installs a rule.
+    /// The ports have started: tables may be made from now on.
+    ///
+    /// # Errors
+    /// Started twice.
+    fn start(&mut self) -> Result<(), OffloadError>;
+
+    /// The eSwitch (transfer proxy) `port` belongs to.
+    fn switch_of(&self, _port: PortId) -> u16 {
+        0
+    }
+
+    /// Installs a rule one by one (`rte_flow_create`).
     ///
     /// # Errors
     /// Why the backend refused it.
     fn create(&mut self, rule: &Rule) -> Result<RuleHandle, OffloadError>;
 
-    /// Installs rules; `out` gets one result per rule, in order.
-    fn create_batch(
+    /// Makes a template table.
+    ///
+    /// # Errors
+    /// Why the backend refused it (a template it cannot do, no room).
+    fn create_table(&mut self, spec: &TableSpec) -> Result<TableId, OffloadError>;
+
+    /// Removes a table; its rules must be gone first.
+    ///
+    /// # Errors
+    /// An unknown table, or one that still holds rules.
+    fn destroy_table(&mut self, table: TableId) -> Result<(), OffloadError>;
+
+    /// Inserts rules into tables (`rte_flow_async_create`, pushed and
+    /// pulled as one batch); `out` gets one result per rule, in order.
+    /// `places[i]` is where `rules[i]` goes.
+    fn enqueue(
         &mut self,
         rules: &[Rule],
+        places: &[Place],
         out: &mut alloc::vec::Vec<Result<RuleHandle, OffloadError>>,
-    ) {
-        out.clear();
-        for rule in rules {
-            out.push(self.create(rule));
-        }
-    }
+    );
 
     /// Removes a rule.
     ///
@@ -186,17 +216,17 @@ pub trait FlowOffload {
     /// [`OffloadError::UnknownHandle`] for a rule not installed.
     fn destroy(&mut self, rule: RuleHandle) -> Result<(), OffloadError>;
 
-    /// A rule's counter (the rule needs a [`Action::Count`]).
-    ///
-    /// # Errors
-    /// An unknown rule, or one without a counter.
-    fn query(&mut self, rule: RuleHandle) -> Result<Counts, OffloadError>;
+    /// Removes rules as one batch; returns how many were removed.
+    fn destroy_batch(&mut self, rules: &[RuleHandle]) -> usize {
+        rules.iter().filter(|r| self.destroy(**r).is_ok()).count()
+    }
 
-    /// Creates a shared counter for [`Action::SharedCount`].
+    /// Creates a shared counter for [`Action::SharedCount`] on eSwitch
+    /// `switch`.
     ///
     /// # Errors
     /// No room, or no support.
-    fn create_counter(&mut self) -> Result<CounterId, OffloadError>;
+    fn create_counter(&mut self, switch: u16) -> Result<CounterId, OffloadError>;
 
     /// A shared counter's value.
     ///
@@ -216,6 +246,11 @@ pub trait FlowOffload {
     /// # Errors
     /// No room, or no support.
     fn create_encap(&mut self, tunnel: &VxlanTunnel) -> Result<EncapId, OffloadError>;
+
+    /// Appends the contexts of rules whose AGE expired since the last
+    /// call (`rte_flow_get_q_aged_flows`); each is reported once. `now`
+    /// is the data path's clock (a hardware backend keeps its own).
+    fn aged(&mut self, now: Nanos, out: &mut alloc::vec::Vec<u64>);
 
     /// How many rules the backend holds at most, if it knows.
     fn capacity(&self) -> Option<usize>;

@@ -3,7 +3,12 @@
 
 use alloc::vec::Vec;
 
-use super::{CounterId, Counts, EncapId, FlowOffload, OffloadError, Rule, RuleHandle, VxlanTunnel};
+use chaingate_shared::Nanos;
+
+use super::{
+    CounterId, Counts, EncapId, FlowOffload, OffloadError, Place, PortAttr, Rule, RuleHandle,
+    TableId, TableSpec, VxlanTunnel,
+};
 
 /// Refuses everything with one error (by default: table full).
 #[derive(Clone, Copy, Debug)]
@@ -28,15 +33,32 @@ impl Refusing {
 }
 
 impl FlowOffload for Refusing {
-    fn validate(&mut self, _: &Rule) -> Result<(), OffloadError> {
-        Err(self.error)
+    fn configure(&mut self, _: &PortAttr) -> Result<(), OffloadError> {
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<(), OffloadError> {
+        Ok(())
     }
 
     fn create(&mut self, _: &Rule) -> Result<RuleHandle, OffloadError> {
         Err(self.error)
     }
 
-    fn create_batch(&mut self, rules: &[Rule], out: &mut Vec<Result<RuleHandle, OffloadError>>) {
+    fn create_table(&mut self, _: &TableSpec) -> Result<TableId, OffloadError> {
+        Err(self.error)
+    }
+
+    fn destroy_table(&mut self, _: TableId) -> Result<(), OffloadError> {
+        Err(OffloadError::UnknownHandle)
+    }
+
+    fn enqueue(
+        &mut self,
+        rules: &[Rule],
+        _: &[Place],
+        out: &mut Vec<Result<RuleHandle, OffloadError>>,
+    ) {
         out.clear();
         out.extend(rules.iter().map(|_| Err(self.error)));
     }
@@ -45,11 +67,7 @@ impl FlowOffload for Refusing {
         Err(OffloadError::UnknownHandle)
     }
 
-    fn query(&mut self, _: RuleHandle) -> Result<Counts, OffloadError> {
-        Err(OffloadError::UnknownHandle)
-    }
-
-    fn create_counter(&mut self) -> Result<CounterId, OffloadError> {
+    fn create_counter(&mut self, _: u16) -> Result<CounterId, OffloadError> {
         Err(self.error)
     }
 
@@ -64,6 +82,8 @@ impl FlowOffload for Refusing {
     fn create_encap(&mut self, _: &VxlanTunnel) -> Result<EncapId, OffloadError> {
         Err(self.error)
     }
+
+    fn aged(&mut self, _: Nanos, _: &mut Vec<u64>) {}
 
     fn capacity(&self) -> Option<usize> {
         Some(0)

@@ -35,8 +35,10 @@
 //!   outermost tag; [`Action::OfPopVlan`] removes it;
 //! - [`Action::SetMacSrc`], [`Action::SetMacDst`];
 //! - [`Action::Count`] counts the rule's own hits; [`Action::SharedCount`]
-//!   counts into an indirect counter that several rules share;
-//! - [`Action::Meter`] polices through a meter object (red is dropped);
+//!   counts into an indirect counter that several rules share (a rule has
+//!   at most one of them: one counter per rule);
+//! - [`Action::Age`] reports the rule once no packet matched it for its
+//!   timeout (`rte_flow_action_age`, aged flows pulled from the port);
 //! - [`Action::VxlanEncap`] / [`Action::VxlanDecap`] add or strip outer
 //!   Ethernet/IPv4/UDP/VXLAN headers. The outer headers are defined once
 //!   with the backend ([`super::FlowOffload::create_encap`]) and named by
@@ -191,13 +193,108 @@ pub enum Item {
     Icmp6(Spec<Icmp6Fields>),
 }
 
+impl Item {
+    /// The item with its values taken out and its mask kept: what a
+    /// pattern template fixes (the port of [`Item::RepresentedPort`] is
+    /// a value; its mask is always the whole id).
+    #[must_use]
+    pub fn blank(&self) -> Self {
+        fn mask_only<T: Copy + Default>(s: &Spec<T>) -> Spec<T> {
+            Spec::new(T::default(), s.mask)
+        }
+        match self {
+            Self::RepresentedPort(_) => Self::RepresentedPort(PortId::from_index(0)),
+            Self::Eth(s) => Self::Eth(mask_only(s)),
+            Self::Vlan(s) => Self::Vlan(mask_only(s)),
+            Self::Ipv4(s) => Self::Ipv4(mask_only(s)),
+            Self::Ipv6(s) => Self::Ipv6(mask_only(s)),
+            Self::Tcp(s) => Self::Tcp(mask_only(s)),
+            Self::Udp(s) => Self::Udp(mask_only(s)),
+            Self::Icmp(s) => Self::Icmp(mask_only(s)),
+            Self::Icmp6(s) => Self::Icmp6(mask_only(s)),
+        }
+    }
+
+    /// True when the spec sets no bit its mask leaves out.
+    #[must_use]
+    pub fn spec_within_mask(&self) -> bool {
+        match self {
+            Self::RepresentedPort(_) => true,
+            Self::Eth(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                within_bytes(&v.dst, &m.dst)
+                    && within_bytes(&v.src, &m.src)
+                    && v.ether_type & !m.ether_type == 0
+                    && (!v.has_vlan || m.has_vlan)
+            }
+            Self::Vlan(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.tci & !m.tci == 0
+                    && v.inner_type & !m.inner_type == 0
+                    && (!v.has_more_vlan || m.has_more_vlan)
+            }
+            Self::Ipv4(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.src & !m.src == 0
+                    && v.dst & !m.dst == 0
+                    && v.proto & !m.proto == 0
+                    && v.tos & !m.tos == 0
+            }
+            Self::Ipv6(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.src & !m.src == 0
+                    && v.dst & !m.dst == 0
+                    && v.proto & !m.proto == 0
+                    && v.tc & !m.tc == 0
+            }
+            Self::Tcp(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.src_port & !m.src_port == 0
+                    && v.dst_port & !m.dst_port == 0
+                    && v.flags & !m.flags == 0
+            }
+            Self::Udp(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.src_port & !m.src_port == 0 && v.dst_port & !m.dst_port == 0
+            }
+            Self::Icmp(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.ty & !m.ty == 0
+                    && v.code & !m.code == 0
+                    && v.ident & !m.ident == 0
+                    && v.seq & !m.seq == 0
+            }
+            Self::Icmp6(s) => {
+                let (v, m) = (&s.spec, &s.mask);
+                v.ty & !m.ty == 0 && v.code & !m.code == 0
+            }
+        }
+    }
+}
+
+fn within_bytes(v: &[u8; 6], m: &[u8; 6]) -> bool {
+    v.iter().zip(m).all(|(v, m)| v & !m == 0)
+}
+
 /// A shared (indirect) counter.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct CounterId(pub u32);
 
-/// A meter object.
+/// An AGE action's settings: the rule is reported aged once no packet
+/// matched it for `timeout_s` seconds (24 bits, as in rte_flow), with
+/// `context` to say which rule it was.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct MeterId(pub u32);
+pub struct Age {
+    /// Seconds without a hit before the rule is reported.
+    pub timeout_s: u32,
+    /// Given back with the report.
+    pub context: u64,
+}
+
+impl Age {
+    /// The largest timeout rte_flow can carry (24 bits).
+    pub const MAX_TIMEOUT_S: u32 = (1 << 24) - 1;
+}
 
 /// A VXLAN encapsulation defined with a backend.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -249,15 +346,73 @@ pub enum Action {
     Count,
     /// Count into a shared counter.
     SharedCount(CounterId),
-    /// Police through a meter.
-    Meter(MeterId),
+    /// Report the rule when idle.
+    Age(Age),
     /// Add outer VXLAN headers.
     VxlanEncap(EncapId),
     /// Strip outer VXLAN headers.
     VxlanDecap,
 }
 
+/// An action's type, without its configuration: what an actions
+/// template fixes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ActionKind {
+    /// [`Action::RepresentedPort`].
+    RepresentedPort,
+    /// [`Action::PortRepresentor`].
+    PortRepresentor,
+    /// [`Action::Jump`].
+    Jump,
+    /// [`Action::Drop`].
+    Drop,
+    /// [`Action::OfPushVlan`].
+    OfPushVlan,
+    /// [`Action::OfSetVlanVid`].
+    OfSetVlanVid,
+    /// [`Action::OfSetVlanPcp`].
+    OfSetVlanPcp,
+    /// [`Action::OfPopVlan`].
+    OfPopVlan,
+    /// [`Action::SetMacSrc`].
+    SetMacSrc,
+    /// [`Action::SetMacDst`].
+    SetMacDst,
+    /// [`Action::Count`].
+    Count,
+    /// [`Action::SharedCount`].
+    SharedCount,
+    /// [`Action::Age`].
+    Age,
+    /// [`Action::VxlanEncap`].
+    VxlanEncap,
+    /// [`Action::VxlanDecap`].
+    VxlanDecap,
+}
+
 impl Action {
+    /// The action's type.
+    #[must_use]
+    pub const fn kind(&self) -> ActionKind {
+        match self {
+            Self::RepresentedPort(_) => ActionKind::RepresentedPort,
+            Self::PortRepresentor(_) => ActionKind::PortRepresentor,
+            Self::Jump(_) => ActionKind::Jump,
+            Self::Drop => ActionKind::Drop,
+            Self::OfPushVlan(_) => ActionKind::OfPushVlan,
+            Self::OfSetVlanVid(_) => ActionKind::OfSetVlanVid,
+            Self::OfSetVlanPcp(_) => ActionKind::OfSetVlanPcp,
+            Self::OfPopVlan => ActionKind::OfPopVlan,
+            Self::SetMacSrc(_) => ActionKind::SetMacSrc,
+            Self::SetMacDst(_) => ActionKind::SetMacDst,
+            Self::Count => ActionKind::Count,
+            Self::SharedCount(_) => ActionKind::SharedCount,
+            Self::Age(_) => ActionKind::Age,
+            Self::VxlanEncap(_) => ActionKind::VxlanEncap,
+            Self::VxlanDecap => ActionKind::VxlanDecap,
+        }
+    }
+
     /// True for the actions that decide where the packet goes.
     #[must_use]
     pub const fn is_fate(&self) -> bool {

@@ -13,7 +13,18 @@
 //!
 //! Groups are evaluated from 0; `Jump` moves on (at most 8 times: a loop is
 //! a drop). Actions apply in order; a group after a jump matches the frame
-//! as modified. Counters, shared counters and meters behave as rte_flow's.
+//! as modified. Counters, shared counters and AGE behave as rte_flow's.
+//!
+//! A [`Profile`] says which card the eSwitch stands for: [`Profile::Generic`]
+//! is rte_flow as documented (the one-by-one API and the template API, any
+//! item and action of the rule language); [`Profile::Mlx5`] is a BlueField
+//! under DPDK 22.11's mlx5 driver with hardware steering: it refuses what
+//! that driver refuses (see [`mlx5`]), matches VLANs and EtherTypes the way
+//! its steering layer does, and holds each table to its template and size.
+//!
+//! Life cycle, as ethdev's (`lib/ethdev/rte_flow.c`): [`FlowOffload::configure`]
+//! before [`FlowOffload::start`] (ethdev refuses it on a started port);
+//! tables, counters and template rules only after configure.
 
 use alloc::vec::Vec;
 use core::hash::Hasher;
@@ -27,7 +38,10 @@ use super::rule::{
     Action, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Item, MAX_ACTIONS,
     TcpFields, UdpFields, VlanFields, VxlanTunnel,
 };
-use super::{CounterId, Counts, EncapId, FlowOffload, MeterId, OffloadError, Rule, RuleHandle};
+
+pub mod mlx5;
+use super::template::{Place, PortAttr, TableId, TableSpec};
+use super::{CounterId, Counts, EncapId, FlowOffload, OffloadError, Rule, RuleHandle};
 use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
 use crate::wire::{EtherType, FrameBuf, Network, Tci, TunnelKind, parse};
 
@@ -44,11 +58,13 @@ const WORDS: usize = 10;
 /// Layout (bit offsets within 64-bit words):
 /// w0: in_port 0..16, tag presence 16..24 (bit k: more than k tags),
 ///     family 24..32 (4 or 6), L4 protocol 32..40, TCP flags 40..48,
-///     TOS/traffic class 48..56;
+///     TOS/traffic class 48..56, outer tag kind 56..58 (0 none, 1 802.1Q,
+///     2 802.1ad);
 /// w1: EtherType/TPID 0..16, tag 0 TCI 16..32, tag 0 inner type 32..48,
 ///     tag 1 TCI 48..64; w2: tag 1 inner type 0..16, source port 16..32,
 ///     destination port 32..48, ICMP type 48..56, code 56..64;
-/// w3: ICMP identifier 0..16, sequence 16..32;
+/// w3: ICMP identifier 0..16, sequence 16..32, EtherType after the tags
+///     32..48;
 /// w4/w5: source address (IPv4 in w5's low half); w6/w7: destination;
 /// w8: destination MAC; w9: source MAC.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -98,6 +114,20 @@ const TOS: Field = Field {
     word: 0,
     shift: 48,
     bits: 8,
+};
+const VLAN_Q: Field = Field {
+    word: 0,
+    shift: 56,
+    bits: 2,
+};
+/// [`VLAN_Q`] values (mlx5's `first_vlan_qualifier`).
+const Q_NONE: u64 = 0;
+const Q_CVLAN: u64 = 1;
+const Q_SVLAN: u64 = 2;
+const L3_TYPE: Field = Field {
+    word: 3,
+    shift: 32,
+    bits: 16,
 };
 const ETH_TYPE: Field = Field {
     word: 1,
@@ -242,6 +272,15 @@ impl Fields {
             at += 4;
         }
         f.set(TAGS, (1u64 << tags) - 1);
+        f.set(L3_TYPE, ty);
+        f.set(
+            VLAN_Q,
+            match EtherType::from(u16::try_from(be16(12)).unwrap_or(0)) {
+                EtherType::Vlan => Q_CVLAN,
+                EtherType::QinQ => Q_SVLAN,
+                _ => Q_NONE,
+            },
+        );
         let Ok(parsed) = parse(frame) else { return f };
         let layers = parsed.outer();
         let byte = |at: usize| frame.get(at).copied().map_or(0, u64::from);
@@ -371,6 +410,73 @@ impl Compiled {
                 }
                 Item::Ipv6(s) => {
                     c.l3_start(&mut l3, 6, saw_eth, vlans)?;
+                    c.ipv6(s.spec, s.mask);
+                }
+                Item::Tcp(s) => {
+                    c.l4_start(&mut l4, l3, None, IpProtocol::Tcp)?;
+                    c.tcp(s.spec, s.mask);
+                }
+                Item::Udp(s) => {
+                    c.l4_start(&mut l4, l3, None, IpProtocol::Udp)?;
+                    c.udp(s.spec, s.mask);
+                }
+                Item::Icmp(s) => {
+                    c.l4_start(&mut l4, l3, Some(4), IpProtocol::Icmp)?;
+                    c.icmp(s.spec, s.mask);
+                }
+                Item::Icmp6(s) => {
+                    c.l4_start(&mut l4, l3, Some(6), IpProtocol::Icmpv6)?;
+                    c.icmp6(s.spec, s.mask);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The rule's match as mlx5's steering layer reads it
+    /// (`hws/mlx5dr_definer.c`, 22.11): ETH `type` and VLAN `inner_type`
+    /// are the EtherType after the tags (`l3_ethertype`); `has_vlan` and a
+    /// VLAN item ask for the outer tag's kind (`first_vlan_qualifier`:
+    /// 802.1Q, or 802.1ad when the VLAN item's `has_more_vlan` is 1); a
+    /// VLAN item's `tci` is the outer tag's. L3 and L4 items add their
+    /// protocol (non-relaxed matching) and nothing about tags.
+    fn compile_mlx5(rule: &Rule) -> Result<Self, OffloadError> {
+        let mut c = Self::default();
+        let mut l3: Option<u8> = None;
+        let mut l4 = false;
+        for item in &rule.pattern {
+            match *item {
+                Item::RepresentedPort(p) => c.field(IN_PORT, p.index() as u64, 0xFFFF),
+                Item::Eth(s) => {
+                    let (v, m) = (s.spec, s.mask);
+                    c.field(DST_MAC, mac(v.dst), mac(m.dst));
+                    c.field(SRC_MAC, mac(v.src), mac(m.src));
+                    c.field(L3_TYPE, u64::from(v.ether_type), u64::from(m.ether_type));
+                    if m.has_vlan {
+                        c.field(VLAN_Q, if v.has_vlan { Q_CVLAN } else { Q_NONE }, 3);
+                    }
+                }
+                Item::Vlan(s) => {
+                    let (v, m) = (s.spec, s.mask);
+                    let q = if m.has_more_vlan && v.has_more_vlan {
+                        Q_SVLAN
+                    } else {
+                        Q_CVLAN
+                    };
+                    c.field(VLAN_Q, q, 3);
+                    if let Some(tci) = TAG_TCI.first() {
+                        c.field(*tci, u64::from(v.tci), u64::from(m.tci));
+                    }
+                    c.field(L3_TYPE, u64::from(v.inner_type), u64::from(m.inner_type));
+                }
+                Item::Ipv4(s) => {
+                    l3 = Some(4);
+                    c.field(FAMILY, 4, 0xFF);
+                    c.ipv4(s.spec, s.mask);
+                }
+                Item::Ipv6(s) => {
+                    l3 = Some(6);
+                    c.field(FAMILY, 6, 0xFF);
                     c.ipv6(s.spec, s.mask);
                 }
                 Item::Tcp(s) => {
@@ -539,8 +645,19 @@ struct Installed {
     key: Fields,
     actions: heapless::Vec<Action, MAX_ACTIONS>,
     counter: Option<Counts>,
+    age: Option<AgeState>,
+    /// The template table it was enqueued into, if any.
+    template: Option<u32>,
     /// The next rule with the same group, mask and key (worse priority).
     next: u32,
+}
+
+/// A rule's AGE: reported once when no packet hit it for `timeout`.
+struct AgeState {
+    timeout: Nanos,
+    context: u64,
+    last_hit: Nanos,
+    reported: bool,
 }
 
 /// Structural bits of word 0 (tags, family, L4 protocol): a table only
@@ -551,6 +668,7 @@ const SHAPE_BITS: u64 = 0x0000_00FF_FFFF_0000;
 /// Distinct shapes a table remembers before it stops filtering.
 const SHAPES: usize = 8;
 
+/// The rules of one group with one mask (tuple space search).
 struct Table {
     group: u32,
     mask: Fields,
@@ -562,11 +680,39 @@ struct Table {
     rules: usize,
 }
 
-struct Meter {
-    rate_bps: u64,
-    burst_bytes: u64,
-    tokens: u64,
-    last: Nanos,
+/// A template table: its spec, its size, the rules it holds.
+struct Template {
+    spec: TableSpec,
+    size: usize,
+    rules: usize,
+}
+
+/// Which card the eSwitch stands for.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub enum Profile {
+    /// rte_flow as documented: every item, action and attribute of the
+    /// rule language, the one-by-one API and the template API.
+    #[default]
+    Generic,
+    /// A BlueField under DPDK 22.11's mlx5 driver with hardware steering
+    /// (`dv_flow_en=2`): what it refuses is refused, with the driver's
+    /// reason ([`mlx5`]), and rules match as its steering layer matches.
+    Mlx5(Mlx5),
+}
+
+/// How the ports of a BlueField split into eSwitches.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Mlx5 {
+    /// The eSwitch (transfer proxy) of each port, by [`PortId`] index;
+    /// ports past the end are on eSwitch 0. One eSwitch per PF unless
+    /// multiport E-Switch joins them (docs/bluefield.md).
+    pub switches: Vec<u16>,
+}
+
+impl Mlx5 {
+    fn switch_of(&self, port: PortId) -> u16 {
+        self.switches.get(port.index()).copied().unwrap_or(0)
+    }
 }
 
 /// Why the eSwitch dropped a frame.
@@ -574,8 +720,6 @@ struct Meter {
 pub enum SwitchDrop {
     /// A rule's `Drop`.
     Rule,
-    /// A meter's red.
-    Meter,
     /// More than [`MAX_JUMPS`] jumps.
     Loop,
     /// An action could not be applied (no room for a tag or outer
@@ -611,7 +755,11 @@ pub struct SwitchStats {
 
 /// The software eSwitch.
 pub struct SoftSwitch {
+    profile: Profile,
     capacity: usize,
+    /// What `configure` reserved (`None`: not configured).
+    configured: Option<PortAttr>,
+    started: bool,
     rules: Vec<Option<Installed>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -626,15 +774,23 @@ pub struct SoftSwitch {
     heads: HashTable<u32>,
     /// The table the last rule went to (rules come in runs of one shape).
     last_table: usize,
+    templates: Vec<Option<Template>>,
     counters: Vec<Option<Counts>>,
-    meters: Vec<Option<Meter>>,
+    /// Counters in use: shared ones, and one per rule with COUNT or AGE
+    /// (what `PortAttr::counters` bounds).
+    counters_used: usize,
+    /// Rules with AGE (what `PortAttr::aging` bounds).
+    ages_used: usize,
     encaps: Vec<VxlanTunnel>,
     stats: SwitchStats,
+    /// The latest time seen (a rule's AGE starts from it).
+    clock: Nanos,
 }
 
 impl core::fmt::Debug for SoftSwitch {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SoftSwitch")
+            .field("profile", &self.profile)
             .field("capacity", &self.capacity)
             .field("rules", &self.len)
             .field("tables", &self.tables.len())
@@ -643,11 +799,21 @@ impl core::fmt::Debug for SoftSwitch {
 }
 
 impl SoftSwitch {
-    /// An eSwitch that holds up to `capacity` rules.
+    /// An eSwitch of the generic profile that holds up to `capacity`
+    /// rules.
     #[must_use]
     pub fn new(capacity: usize) -> Self {
+        Self::with_profile(capacity, Profile::Generic)
+    }
+
+    /// An eSwitch of `profile` that holds up to `capacity` rules.
+    #[must_use]
+    pub fn with_profile(capacity: usize, profile: Profile) -> Self {
         Self {
+            profile,
             capacity,
+            configured: None,
+            started: false,
             rules: Vec::with_capacity(capacity),
             generations: Vec::with_capacity(capacity),
             free: Vec::new(),
@@ -656,10 +822,39 @@ impl SoftSwitch {
             order: Vec::new(),
             heads: HashTable::with_capacity(capacity),
             last_table: 0,
+            templates: Vec::new(),
             counters: Vec::new(),
-            meters: Vec::new(),
+            counters_used: 0,
+            ages_used: 0,
             encaps: Vec::new(),
             stats: SwitchStats::default(),
+            clock: Nanos(0),
+        }
+    }
+
+    /// A generic eSwitch of `capacity` rules, configured for as many and
+    /// started: ready for tables and rules (tests, benches).
+    #[must_use]
+    pub fn ready(capacity: usize, profile: Profile) -> Self {
+        let mut s = Self::with_profile(capacity, profile);
+        let attr = PortAttr::for_rules(capacity, 1024);
+        // Neither can fail on a new switch.
+        let _ = s.configure(&attr);
+        let _ = s.start();
+        s
+    }
+
+    /// The profile.
+    #[must_use]
+    pub const fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The eSwitch of each port (by [`PortId`] index) under the mlx5
+    /// profile; nothing under the generic one.
+    pub fn set_switches(&mut self, switches: &[u16]) {
+        if let Profile::Mlx5(m) = &mut self.profile {
+            m.switches = switches.to_vec();
         }
     }
 
@@ -681,18 +876,42 @@ impl SoftSwitch {
         &self.stats
     }
 
-    /// Creates a meter of `rate_bps` bits per second with a burst of
-    /// `burst_bytes` (a single-rate token bucket: green passes, red drops).
-    pub fn create_meter(&mut self, rate_bps: u64, burst_bytes: u64) -> MeterId {
-        self.meters.push(Some(Meter {
-            rate_bps,
-            burst_bytes,
-            tokens: burst_bytes,
-            last: Nanos(0),
-        }));
-        MeterId(u32::try_from(self.meters.len() - 1).unwrap_or(u32::MAX))
+    /// Template tables made and not destroyed.
+    #[must_use]
+    pub fn tables(&self) -> usize {
+        self.templates.iter().flatten().count()
     }
 
+    /// A rule's own counter (the rule needs a [`Action::Count`]).
+    ///
+    /// # Errors
+    /// An unknown rule, or one without a counter.
+    pub fn query(&self, handle: RuleHandle) -> Result<Counts, OffloadError> {
+        let slot = (handle.0 & 0xFFFF_FFFF) as usize;
+        match self.rules.get(slot) {
+            Some(Some(r)) if u64::from(r.generation) == handle.0 >> 32 => r
+                .counter
+                .ok_or(OffloadError::Invalid("the rule has no COUNT action")),
+            _ => Err(OffloadError::UnknownHandle),
+        }
+    }
+
+    const fn mlx5(&self) -> Option<&Mlx5> {
+        match &self.profile {
+            Profile::Mlx5(m) => Some(m),
+            Profile::Generic => None,
+        }
+    }
+
+    /// ethdev (`rte_flow.c`): template-API objects need `rte_flow_configure`
+    /// first ("Flow engine on port_id=N is not configured").
+    fn require_configured(&self) -> Result<&PortAttr, OffloadError> {
+        self.configured.as_ref().ok_or(OffloadError::Invalid(
+            "the flow engine is not configured (rte_flow_configure first)",
+        ))
+    }
+
+    /// The generic checks of a rule's actions (rte_flow's own rules).
     fn check_actions(&self, rule: &Rule) -> Result<(), OffloadError> {
         if !rule.attr.transfer {
             return Err(OffloadError::Unsupported("only transfer (switch) rules"));
@@ -722,9 +941,6 @@ impl SoftSwitch {
                 {
                     return Err(OffloadError::UnknownHandle);
                 }
-                Action::Meter(m) if !matches!(self.meters.get(m.0 as usize), Some(Some(_))) => {
-                    return Err(OffloadError::UnknownHandle);
-                }
                 Action::VxlanEncap(e) if self.encaps.get(e.0 as usize).is_none() => {
                     return Err(OffloadError::UnknownHandle);
                 }
@@ -734,6 +950,66 @@ impl SoftSwitch {
         if counts > 1 {
             return Err(OffloadError::Invalid("more than one COUNT"));
         }
+        Ok(())
+    }
+
+    /// The mlx5 profile's checks of a rule in its eSwitch: both ends of a
+    /// transfer rule on the table's eSwitch.
+    fn check_switches(&self, rule: &Rule, table: &TableSpec) -> Result<(), OffloadError> {
+        let Some(m) = self.mlx5() else {
+            return Ok(());
+        };
+        let ports = rule
+            .pattern
+            .iter()
+            .filter_map(|i| match i {
+                Item::RepresentedPort(p) => Some(*p),
+                _ => None,
+            })
+            .chain(rule.actions.iter().filter_map(|a| match a {
+                Action::RepresentedPort(p) => Some(*p),
+                _ => None,
+            }));
+        for p in ports {
+            if m.switch_of(p) != table.switch {
+                // hw.c flow_hw_validate_action_represented_port: "cannot
+                // forward to port from a different E-Switch"; a port
+                // item of another eSwitch never matches (its vport tag is
+                // not in this one). Multiport E-Switch (DPDK 23.11) joins
+                // them.
+                return Err(OffloadError::Unsupported(
+                    "ports on different eSwitches (hw.c flow_hw_validate_action_represented_port: cannot forward to port from a different E-Switch)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters and AGE contexts a rule takes, within what `configure`
+    /// reserved (mlx5: `mlx5_hws_cnt_pool_get`, the age pool).
+    fn reserve(&mut self, rule: &Rule) -> Result<(), OffloadError> {
+        let needs_counter = rule
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Count | Action::Age(_)));
+        let needs_age = rule.actions.iter().any(|a| matches!(a, Action::Age(_)));
+        if let Some(attr) = self.configured
+            && self.mlx5().is_some()
+        {
+            if needs_age && attr.aging == 0 {
+                return Err(OffloadError::Invalid(
+                    "AGE without aging objects (hw.c: aging pool not initialized)",
+                ));
+            }
+            if needs_counter && self.counters_used >= attr.counters as usize {
+                return Err(OffloadError::Full);
+            }
+            if needs_age && self.ages_used >= attr.aging as usize {
+                return Err(OffloadError::Full);
+            }
+        }
+        self.counters_used += usize::from(needs_counter);
+        self.ages_used += usize::from(needs_age);
         Ok(())
     }
 
@@ -772,9 +1048,10 @@ impl SoftSwitch {
     }
 
     /// Runs a frame that entered at `in_port` through the rules, applying
-    /// their actions to it, at `now` (for meters).
+    /// their actions to it, at `now` (for AGE).
     pub fn process(&mut self, in_port: PortId, frame: &mut FrameBuf<'_>, now: Nanos) -> Outcome {
         self.stats.frames += 1;
+        self.clock = self.clock.max(now);
         let mut fields = Fields::of_frame(in_port, frame.frame());
         let mut group = 0;
         for _ in 0..=MAX_JUMPS {
@@ -791,10 +1068,13 @@ impl SoftSwitch {
                 c.packets += 1;
                 c.bytes += len;
             }
+            if let Some(age) = rule.age.as_mut() {
+                age.last_hit = now;
+            }
             let actions = rule.actions.clone();
             let mut modified = false;
             for action in &actions {
-                match self.apply(*action, frame, now) {
+                match self.apply(*action, frame) {
                     Ok(Some(outcome)) => return self.finish(outcome),
                     Ok(None) => {}
                     Err(drop) => return self.finish(Outcome::Dropped(drop)),
@@ -835,16 +1115,21 @@ impl SoftSwitch {
         &mut self,
         action: Action,
         frame: &mut FrameBuf<'_>,
-        now: Nanos,
     ) -> Result<Option<Outcome>, SwitchDrop> {
         match action {
             Action::RepresentedPort(p) => return Ok(Some(Outcome::Out(p))),
             Action::PortRepresentor(p) => return Ok(Some(Outcome::ToSoftware(p))),
             Action::Drop => return Err(SwitchDrop::Rule),
-            Action::Jump(_) | Action::Count => {}
+            Action::Jump(_) | Action::Count | Action::Age(_) => {}
             Action::OfPushVlan(tpid) => {
-                // OpenFlow push_vlan: the new tag copies the TCI it covers.
-                let tci = frame.outer_tag().map_or(Tci(0), |(_, t)| t);
+                // OpenFlow push_vlan copies the TCI it covers; mlx5 builds
+                // the new tag from the push and the OF_SET_VLAN_VID /
+                // OF_SET_VLAN_PCP that must follow it (hw.c
+                // vlan_hdr_to_be32): priority 0 unless set.
+                let tci = match self.profile {
+                    Profile::Generic => frame.outer_tag().map_or(Tci(0), |(_, t)| t),
+                    Profile::Mlx5(_) => Tci(0),
+                };
                 frame
                     .push_vlan(EtherType::from(tpid), tci)
                     .map_err(|_| SwitchDrop::Action)?;
@@ -869,22 +1154,6 @@ impl SoftSwitch {
                     counts.packets += 1;
                     counts.bytes += frame.len() as u64;
                 }
-            }
-            Action::Meter(m) => {
-                let Some(Some(meter)) = self.meters.get_mut(m.0 as usize) else {
-                    return Err(SwitchDrop::Meter);
-                };
-                let elapsed = now.since(meter.last).0;
-                meter.last = now;
-                let refill = u128::from(meter.rate_bps) * u128::from(elapsed) / 8 / 1_000_000_000;
-                meter.tokens = u64::try_from(u128::from(meter.tokens) + refill)
-                    .unwrap_or(u64::MAX)
-                    .min(meter.burst_bytes);
-                let need = frame.len() as u64;
-                if meter.tokens < need {
-                    return Err(SwitchDrop::Meter);
-                }
-                meter.tokens -= need;
             }
             Action::VxlanEncap(e) => {
                 let tunnel = self
@@ -927,6 +1196,158 @@ impl SoftSwitch {
         self.reorder();
         self.last_table = self.tables.len() - 1;
         self.last_table
+    }
+
+    /// Compiles a rule's match as this profile reads it.
+    fn compile(&self, rule: &Rule) -> Result<Compiled, OffloadError> {
+        match self.profile {
+            Profile::Generic => Compiled::compile(rule),
+            Profile::Mlx5(_) => Compiled::compile_mlx5(rule),
+        }
+    }
+
+    /// Installs a checked rule: into the tuple space, and into its
+    /// template table if it has one.
+    fn install(
+        &mut self,
+        rule: &Rule,
+        compiled: &Compiled,
+        template: Option<u32>,
+    ) -> Result<RuleHandle, OffloadError> {
+        if self.len >= self.capacity {
+            return Err(OffloadError::Full);
+        }
+        self.reserve(rule)?;
+        let table = self.table_for(rule.attr.group, &compiled.mask);
+        let key = compiled.key.masked(&compiled.mask);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.rules.push(None);
+                self.generations.push(0);
+                u32::try_from(self.rules.len() - 1).map_err(|_| OffloadError::Full)?
+            }
+        };
+        let generation = self
+            .generations
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(0)
+            .wrapping_add(1);
+        if let Some(g) = self.generations.get_mut(slot as usize) {
+            *g = generation;
+        }
+        // Insert in the same-key list by priority (stable among equals).
+        // One probe of the index: find the same-key list and, if this rule
+        // goes first, take its place.
+        let rules = &self.rules;
+        let mut entry = self.heads.entry(
+            index_hash(table, &key),
+            |&s| holds(rules, s, table, &key),
+            |&s| slot_hash(rules, s),
+        );
+        let head = match &entry {
+            Entry::Occupied(o) => *o.get(),
+            Entry::Vacant(_) => NONE,
+        };
+        let mut prev = NONE;
+        let mut cur = head;
+        while let Some(Some(r)) = rules.get(cur as usize) {
+            if r.priority > rule.attr.priority {
+                break;
+            }
+            prev = cur;
+            cur = r.next;
+        }
+        if prev == NONE {
+            match &mut entry {
+                Entry::Occupied(o) => *o.get_mut() = slot,
+                Entry::Vacant(_) => {
+                    if let Entry::Vacant(v) = entry {
+                        v.insert(slot);
+                    }
+                }
+            }
+        }
+        let clock = self.clock;
+        let installed = Installed {
+            generation,
+            priority: rule.attr.priority,
+            table,
+            key,
+            actions: rule.actions.clone(),
+            counter: rule
+                .actions
+                .contains(&Action::Count)
+                .then_some(Counts::default()),
+            age: rule.actions.iter().find_map(|a| match a {
+                Action::Age(age) if age.timeout_s > 0 => Some(AgeState {
+                    timeout: Nanos::from_secs(u64::from(age.timeout_s)),
+                    context: age.context,
+                    last_hit: clock,
+                    reported: false,
+                }),
+                _ => None,
+            }),
+            template,
+            next: cur,
+        };
+        if let Some(s) = self.rules.get_mut(slot as usize) {
+            *s = Some(installed);
+        }
+        if prev != NONE
+            && let Some(Some(p)) = self.rules.get_mut(prev as usize)
+        {
+            p.next = slot;
+        }
+        if let Some(t) = self.tables.get_mut(table) {
+            t.rules += 1;
+            let shape = key.word0() & SHAPE_BITS;
+            if let Some(shapes) = &mut t.shapes
+                && !shapes.contains(&shape)
+                && shapes.push(shape).is_err()
+            {
+                t.shapes = None;
+            }
+            if rule.attr.priority < t.best {
+                t.best = rule.attr.priority;
+                self.reorder();
+            }
+        }
+        if let Some(Some(t)) = template.and_then(|t| self.templates.get_mut(t as usize)) {
+            t.rules += 1;
+        }
+        self.len += 1;
+        Ok(RuleHandle((u64::from(generation) << 32) | u64::from(slot)))
+    }
+
+    /// One rule into a template table (`rte_flow_async_create`).
+    fn enqueue_one(&mut self, rule: &Rule, place: Place) -> Result<RuleHandle, OffloadError> {
+        self.require_configured()?;
+        let Some(Some(t)) = self.templates.get(place.table.0 as usize) else {
+            return Err(OffloadError::UnknownHandle);
+        };
+        let at = t
+            .spec
+            .place(rule)
+            .map_err(|m| OffloadError::Invalid(m.reason()))?;
+        if at != place.actions {
+            return Err(OffloadError::Invalid(
+                "the rule's actions follow another actions template",
+            ));
+        }
+        if t.rules >= t.size {
+            // mlx5: the table's flow pool (nb_flows) is used up
+            // (hw.c flow_hw_async_flow_create: "fail to create rte flow").
+            return Err(OffloadError::Full);
+        }
+        self.check_switches(rule, &t.spec)?;
+        self.check_actions(rule)?;
+        if self.mlx5().is_some() {
+            mlx5::check_rule(rule)?;
+        }
+        let compiled = self.compile(rule)?;
+        self.install(rule, &compiled, Some(place.table.0))
     }
 }
 
@@ -980,104 +1401,116 @@ fn encap(frame: &mut FrameBuf<'_>, t: &VxlanTunnel) -> Result<(), ()> {
 }
 
 impl FlowOffload for SoftSwitch {
-    fn validate(&mut self, rule: &Rule) -> Result<(), OffloadError> {
-        self.check_actions(rule)?;
-        Compiled::compile(rule).map(|_| ())
+    fn configure(&mut self, attr: &PortAttr) -> Result<(), OffloadError> {
+        if self.started {
+            // lib/ethdev/rte_flow.c rte_flow_configure: "Device with
+            // port_id=N already started." (EINVAL), before any driver.
+            return Err(OffloadError::Invalid(
+                "rte_flow_configure on a started port (ethdev: already started)",
+            ));
+        }
+        if self.mlx5().is_some() && attr.aging > 0 && attr.counters == 0 {
+            // hw.c flow_hw_configure: AGE objects are requested without
+            // counters.
+            return Err(OffloadError::Invalid(
+                "AGE objects without counters (hw.c flow_hw_configure)",
+            ));
+        }
+        // A second configure rebuilds everything (hw.c flow_hw_configure
+        // releases every table and template first).
+        let tables: Vec<u32> = (0..self.templates.len())
+            .filter_map(|t| u32::try_from(t).ok())
+            .collect();
+        for t in tables {
+            self.drop_template_rules(t);
+        }
+        self.templates.clear();
+        self.configured = Some(*attr);
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<(), OffloadError> {
+        if self.started {
+            return Err(OffloadError::Invalid("the port is started already"));
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    fn switch_of(&self, port: PortId) -> u16 {
+        self.mlx5().map_or(0, |m| m.switch_of(port))
     }
 
     fn create(&mut self, rule: &Rule) -> Result<RuleHandle, OffloadError> {
+        if self.mlx5().is_some() {
+            return Err(mlx5::SYNC_REFUSED);
+        }
         self.check_actions(rule)?;
         let compiled = Compiled::compile(rule)?;
-        if self.len >= self.capacity {
-            return Err(OffloadError::Full);
-        }
-        let table = self.table_for(rule.attr.group, &compiled.mask);
-        let key = compiled.key.masked(&compiled.mask);
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.rules.push(None);
-                self.generations.push(0);
-                u32::try_from(self.rules.len() - 1).map_err(|_| OffloadError::Full)?
-            }
-        };
-        let generation = self
-            .generations
-            .get(slot as usize)
-            .copied()
-            .unwrap_or(0)
-            .wrapping_add(1);
-        if let Some(g) = self.generations.get_mut(slot as usize) {
-            *g = generation;
-        }
-        // Insert in the same-key list by priority (stable among equals).
-        // One probe of the index: find the same-key list and, if this rule
-        // goes first, take its place.
-        let rules = &self.rules;
-        let mut entry = self.heads.entry(
-            index_hash(table, &key),
-            |&s| holds(rules, s, table, &key),
-            |&s| slot_hash(rules, s),
-        );
-        let head = match &entry {
-            Entry::Occupied(o) => *o.get(),
-            Entry::Vacant(_) => NONE,
-        };
-        let mut prev = NONE;
-        let mut cur = head;
-        while let Some(Some(r)) = rules.get(cur as usize) {
-            if r.priority > rule.attr.priority {
-                break;
-            }
-            prev = cur;
-            cur = r.next;
-        }
-        if prev == NONE {
-            match &mut entry {
-                Entry::Occupied(o) => *o.get_mut() = slot,
-                Entry::Vacant(_) => {
-                    if let Entry::Vacant(v) = entry {
-                        v.insert(slot);
-                    }
+        self.install(rule, &compiled, None)
+    }
+
+    fn create_table(&mut self, spec: &TableSpec) -> Result<TableId, OffloadError> {
+        self.require_configured()?;
+        let size = match self.profile {
+            Profile::Generic => spec.size as usize,
+            Profile::Mlx5(_) => {
+                if !self.started {
+                    return Err(mlx5::TABLE_BEFORE_START);
                 }
+                mlx5::check_table(spec)?;
+                // hw.c flow_hw_table_create: nb_flows = rte_align32pow2.
+                spec.size.checked_next_power_of_two().unwrap_or(u32::MAX) as usize
             }
-        }
-        let installed = Installed {
-            generation,
-            priority: rule.attr.priority,
-            table,
-            key,
-            actions: rule.actions.clone(),
-            counter: rule
-                .actions
-                .contains(&Action::Count)
-                .then_some(Counts::default()),
-            next: cur,
         };
-        if let Some(s) = self.rules.get_mut(slot as usize) {
-            *s = Some(installed);
-        }
-        if prev != NONE
-            && let Some(Some(p)) = self.rules.get_mut(prev as usize)
-        {
-            p.next = slot;
-        }
-        if let Some(t) = self.tables.get_mut(table) {
-            t.rules += 1;
-            let shape = key.word0() & SHAPE_BITS;
-            if let Some(shapes) = &mut t.shapes
-                && !shapes.contains(&shape)
-                && shapes.push(shape).is_err()
-            {
-                t.shapes = None;
+        let template = Template {
+            spec: spec.clone(),
+            size,
+            rules: 0,
+        };
+        let slot = match self.templates.iter().position(Option::is_none) {
+            Some(i) => {
+                if let Some(s) = self.templates.get_mut(i) {
+                    *s = Some(template);
+                }
+                i
             }
-            if rule.attr.priority < t.best {
-                t.best = rule.attr.priority;
-                self.reorder();
+            None => {
+                self.templates.push(Some(template));
+                self.templates.len() - 1
             }
+        };
+        Ok(TableId(
+            u32::try_from(slot).map_err(|_| OffloadError::Full)?,
+        ))
+    }
+
+    fn destroy_table(&mut self, table: TableId) -> Result<(), OffloadError> {
+        match self.templates.get_mut(table.0 as usize) {
+            Some(t @ Some(_)) => {
+                if t.as_ref().is_some_and(|t| t.rules > 0) {
+                    return Err(OffloadError::Invalid("the table still holds rules"));
+                }
+                *t = None;
+                Ok(())
+            }
+            _ => Err(OffloadError::UnknownHandle),
         }
-        self.len += 1;
-        Ok(RuleHandle((u64::from(generation) << 32) | u64::from(slot)))
+    }
+
+    fn enqueue(
+        &mut self,
+        rules: &[Rule],
+        places: &[Place],
+        out: &mut Vec<Result<RuleHandle, OffloadError>>,
+    ) {
+        out.clear();
+        for (n, rule) in rules.iter().enumerate() {
+            out.push(match places.get(n) {
+                Some(place) => self.enqueue_one(rule, *place),
+                None => Err(OffloadError::Invalid("no place for the rule")),
+            });
+        }
     }
 
     fn destroy(&mut self, handle: RuleHandle) -> Result<(), OffloadError> {
@@ -1120,22 +1553,34 @@ impl FlowOffload for SoftSwitch {
         if let Some(t) = self.tables.get_mut(rule.table) {
             t.rules = t.rules.saturating_sub(1);
         }
+        if let Some(Some(t)) = rule
+            .template
+            .and_then(|t| self.templates.get_mut(t as usize))
+        {
+            t.rules = t.rules.saturating_sub(1);
+        }
+        let had_age = rule.actions.iter().any(|a| matches!(a, Action::Age(_)));
+        let had_counter = had_age || rule.counter.is_some();
+        self.counters_used -= usize::from(had_counter);
+        self.ages_used -= usize::from(had_age);
         self.free.push(slot);
         self.len -= 1;
         Ok(())
     }
 
-    fn query(&mut self, handle: RuleHandle) -> Result<Counts, OffloadError> {
-        let slot = (handle.0 & 0xFFFF_FFFF) as usize;
-        match self.rules.get(slot) {
-            Some(Some(r)) if u64::from(r.generation) == handle.0 >> 32 => r
-                .counter
-                .ok_or(OffloadError::Invalid("the rule has no COUNT action")),
-            _ => Err(OffloadError::UnknownHandle),
+    fn create_counter(&mut self, _switch: u16) -> Result<CounterId, OffloadError> {
+        if let Some(attr) = self.configured
+            && self.mlx5().is_some()
+            && self.counters_used >= attr.counters as usize
+        {
+            // hw.c flow_hw_action_handle_create: no counter left in the
+            // pool reserved by rte_flow_configure.
+            return Err(OffloadError::Full);
         }
-    }
-
-    fn create_counter(&mut self) -> Result<CounterId, OffloadError> {
+        if self.mlx5().is_some() {
+            self.require_configured()?;
+        }
+        self.counters_used += 1;
         self.counters.push(Some(Counts::default()));
         Ok(CounterId(
             u32::try_from(self.counters.len() - 1).map_err(|_| OffloadError::Full)?,
@@ -1155,7 +1600,9 @@ impl FlowOffload for SoftSwitch {
             .counters
             .get_mut(counter.0 as usize)
             .ok_or(OffloadError::UnknownHandle)?;
-        c.take().map(|_| ()).ok_or(OffloadError::UnknownHandle)
+        c.take().ok_or(OffloadError::UnknownHandle)?;
+        self.counters_used = self.counters_used.saturating_sub(1);
+        Ok(())
     }
 
     fn create_encap(&mut self, tunnel: &VxlanTunnel) -> Result<EncapId, OffloadError> {
@@ -1165,8 +1612,45 @@ impl FlowOffload for SoftSwitch {
         ))
     }
 
+    fn aged(&mut self, now: Nanos, out: &mut Vec<u64>) {
+        self.clock = self.clock.max(now);
+        // As mlx5's counter service does (mlx5_hws_cnt.c
+        // mlx5_hws_aging_check): a rule without a hit for its timeout is
+        // reported once, and stays aged until it is destroyed.
+        for age in self
+            .rules
+            .iter_mut()
+            .flatten()
+            .filter_map(|r| r.age.as_mut())
+        {
+            if !age.reported && now.since(age.last_hit) > age.timeout {
+                age.reported = true;
+                out.push(age.context);
+            }
+        }
+    }
+
     fn capacity(&self) -> Option<usize> {
         Some(self.capacity)
+    }
+}
+
+impl SoftSwitch {
+    /// Destroys the rules of template table `t` (a second configure).
+    fn drop_template_rules(&mut self, t: u32) {
+        let handles: Vec<RuleHandle> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, r)| {
+                let r = r.as_ref()?;
+                (r.template == Some(t))
+                    .then(|| RuleHandle((u64::from(r.generation) << 32) | slot as u64))
+            })
+            .collect();
+        for h in handles {
+            let _ = self.destroy(h);
+        }
     }
 }
 
@@ -1198,3 +1682,6 @@ impl SoftSwitch {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod profile_tests;

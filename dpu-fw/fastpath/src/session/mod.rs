@@ -41,6 +41,22 @@ impl SessionId {
     pub const fn slot(&self) -> u32 {
         self.slot
     }
+
+    /// The id as one number (an AGE context), and back.
+    #[must_use]
+    pub const fn to_bits(self) -> u64 {
+        ((self.generation as u64) << 32) | self.slot as u64
+    }
+
+    /// The id [`Self::to_bits`] gave.
+    #[must_use]
+    #[allow(clippy::cast_possible_truncation)] // the two halves, on purpose
+    pub const fn from_bits(bits: u64) -> Self {
+        Self {
+            slot: bits as u32,
+            generation: (bits >> 32) as u32,
+        }
+    }
 }
 
 /// What the session's packets get.
@@ -78,6 +94,11 @@ pub struct Session {
     continuation: Option<(u8, Travel)>,
     /// Packets the fast path handled (saturating).
     packets: u16,
+    /// Rules were asked for (and not given back since).
+    offload_asked: bool,
+    /// Its rules are in force: its packets pass in hardware, where the
+    /// NIC's AGE, not `last_seen`, tells idleness.
+    in_hardware: bool,
     created_s: u32,
     last_seen: Nanos,
 }
@@ -97,6 +118,8 @@ impl Session {
             tcp: Tcp::new(key.proto()),
             continuation: None,
             packets: 0,
+            offload_asked: false,
+            in_hardware: false,
             created_s: u32::try_from(now.0 / 1_000_000_000).unwrap_or(u32::MAX),
             last_seen: now,
         }
@@ -214,20 +237,64 @@ impl Session {
         self.packets
     }
 
-    /// Records activity seen by hardware counters; `answered` when the
-    /// responder's rules counted packets (which, by the rules' match, had
-    /// no FIN or RST): a TCP connection still opening is then established.
-    pub fn touch_counters(&mut self, now: Nanos, answered: bool) {
-        self.last_seen = self.last_seen.max(now);
-        if answered {
-            self.tcp.on_packet(crate::wire::tcp::TcpFlags::ACK, false);
+    /// True once the session may have rules: it has had `after` packets
+    /// in software and, for TCP, the responder answered (rules carry only
+    /// established connections: a SYN flood takes no table space).
+    #[must_use]
+    pub fn ready_for_rules(&self, after: u16) -> bool {
+        self.packets >= after && !matches!(self.conn(), ConnState::Opening | ConnState::Reset)
+    }
+
+    /// Notes that rules were asked for; true the first time since the
+    /// session last gave them back.
+    pub fn ask_offload(&mut self) -> bool {
+        !core::mem::replace(&mut self.offload_asked, true)
+    }
+
+    /// Rules are no longer wanted (a reset connection's last seconds).
+    pub fn withdraw_offload(&mut self) {
+        self.offload_asked = false;
+    }
+
+    /// True while rules are asked for (the offload layer installs or has
+    /// installed them).
+    #[must_use]
+    pub const fn wants_offload(&self) -> bool {
+        self.offload_asked
+    }
+
+    /// Its rules are in force (`true`) or gone (`false`) at `now`. While
+    /// in hardware it does not time out here; once out, nobody knows when
+    /// its last packet passed, and it gets half of `timeout` (its idle
+    /// timeout) from `now` at least.
+    pub fn set_hardware(&mut self, in_force: bool, now: Nanos, timeout: Nanos) {
+        if self.in_hardware && !in_force {
+            let half = Nanos(timeout.0 / 2);
+            self.last_seen = self.last_seen.max(Nanos(now.0.saturating_sub(half.0)));
         }
+        self.in_hardware = in_force;
+    }
+
+    /// True while its rules are in force.
+    #[must_use]
+    pub const fn in_hardware(&self) -> bool {
+        self.in_hardware
+    }
+
+    /// The NIC found one of the session's rules idle for half of
+    /// `timeout` (at `now`): its rules are gone, it waits in software for
+    /// the other half, and asks for rules again at its next packet.
+    pub fn demote(&mut self, now: Nanos, timeout: Nanos) {
+        self.offload_asked = false;
+        self.in_hardware = true;
+        self.set_hardware(false, now, timeout);
     }
 
     /// True when idle past its timeout at `now`.
     #[must_use]
     pub fn expired(&self, now: Nanos, timeouts: &Timeouts) -> bool {
-        now.since(self.last_seen) > timeouts.idle(self.key.proto(), self.conn())
+        !self.in_hardware
+            && now.since(self.last_seen) > timeouts.idle(self.key.proto(), self.conn())
     }
 }
 
@@ -563,6 +630,7 @@ impl SessionTable {
             self.cursor = (self.cursor + 1) % n;
             if let Some(s) = self.slots.get(self.cursor)
                 && s.generation & 1 == 1
+                && !s.session.in_hardware
                 && best.is_none_or(|(t, _)| s.session.last_seen < t)
             {
                 let id = SessionId {

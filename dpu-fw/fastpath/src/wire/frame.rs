@@ -4,8 +4,10 @@
 //! flow keys, or a [`ParseError`] with the offset of the offending header.
 //!
 //! Decisions (also in docs/wire.md):
-//! - At most two VLAN tags (802.1Q, 802.1ad, in any order); a third is an
-//!   error, because a flow key holds two.
+//! - At most three VLAN tags (802.1Q, 802.1ad, in any order): a customer's
+//!   two and, inside a chain, the gateway's segment tag on top; a fourth is
+//!   an error (the data path also refuses a third at an uplink, where it
+//!   would leave no room for the segment tag).
 //! - ARP and unknown EtherTypes are not errors: the frame has layers but no
 //!   flow key.
 //! - IPv4 header checksums are verified; transport checksums are not (the
