@@ -50,6 +50,29 @@ pub trait PacketIo: Send {
     /// A descriptor that is readable when frames wait, for an idle data
     /// path to sleep on (`None`: poll it).
     fn readable_fd(&self) -> Option<RawFd>;
+
+    /// Starts the device, once its flow rules' set-up allows (a DPDK port
+    /// is configured stopped, then started).
+    ///
+    /// # Errors
+    /// The device would not start.
+    fn start(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Stops the device.
+    fn stop(&mut self) {}
+
+    /// True for the transfer proxy of a NIC's switch (started first,
+    /// stopped last).
+    fn transfer_proxy(&self) -> bool {
+        false
+    }
+
+    /// The device's DPDK port number, if it is one.
+    fn ethdev_id(&self) -> Option<u16> {
+        None
+    }
 }
 
 impl PacketIo for afpacket::AfPacket {

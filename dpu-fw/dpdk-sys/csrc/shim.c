@@ -28,7 +28,12 @@ uint8_t *cg_pktmbuf_append(struct rte_mbuf *m, uint16_t len) {
 	return (uint8_t *)rte_pktmbuf_append(m, len);
 }
 
-int cg_pktmbuf_vlan_stripped(const struct rte_mbuf *m, uint16_t *tci) {
+int cg_pktmbuf_vlan_stripped(const struct rte_mbuf *m, uint16_t *outer, uint16_t *tci) {
+	if (m->ol_flags & RTE_MBUF_F_RX_QINQ_STRIPPED) {
+		*outer = m->vlan_tci_outer;
+		*tci = m->vlan_tci;
+		return 2;
+	}
 	if (m->ol_flags & RTE_MBUF_F_RX_VLAN_STRIPPED) {
 		*tci = m->vlan_tci;
 		return 1;

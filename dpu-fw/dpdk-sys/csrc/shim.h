@@ -28,8 +28,10 @@ uint16_t cg_pktmbuf_tailroom(const struct rte_mbuf *m);
 /* Grows the data by len bytes at the end; NULL without room. */
 uint8_t *cg_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 
-/* The VLAN tag a driver stripped into the mbuf, if it did (1), else 0. */
-int cg_pktmbuf_vlan_stripped(const struct rte_mbuf *m, uint16_t *tci);
+/* The VLAN tags a driver stripped into the mbuf: 0 none; 1 one tag (its
+ * TCI in *tci); 2 both tags of a QinQ frame (RTE_MBUF_F_RX_QINQ_STRIPPED:
+ * the outer TCI in *outer, the inner in *tci). */
+int cg_pktmbuf_vlan_stripped(const struct rte_mbuf *m, uint16_t *outer, uint16_t *tci);
 
 /* The number of a mempool's free objects. */
 unsigned int cg_mempool_avail(const struct rte_mempool *pool);

@@ -74,6 +74,7 @@ fn main() {
     ))
     .unwrap();
     let mut ports = open_ports(&runtime).expect("net_ring ports (run as root)");
+    ports.start(&runtime).expect("net_ring ports start");
     let frames: Vec<Vec<u8>> = (0..FLOWS).map(frame).collect();
     // Into lan's receive ring, through its own transmit ring.
     for f in &frames {

@@ -15,7 +15,10 @@
 //!   period: 500ms
 //! offload:
 //!   backend: soft            # soft (the software eSwitch), refuse, rte_flow
-//!   capacity: 1000000        # rules the software eSwitch holds
+//!   profile: mlx5            # soft only: mlx5 (a BlueField, the default) or generic
+//!   multiport: false         # mlx5: one eSwitch for every PF (multiport E-Switch)
+//!   capacity: 1000000        # rules the backend holds
+//!   table_size: 1000000      # rules a template table holds
 //!   offload_after: 1         # packets in software before rules
 //! dpdk:                      # for `dpdk:` ports (a build with feature dpdk)
 //!   eal: ["-l", "0", "-a", "0000:03:00.0,representor=vf[0-3],dv_flow_en=2"]
@@ -139,6 +142,31 @@ pub struct PortSpec {
     pub io: IoSpec,
     /// Its role.
     pub role: Role,
+    /// The PF whose eSwitch it is on (the software eSwitch's mlx5
+    /// profile: a BlueField has one eSwitch per PF unless multiport
+    /// E-Switch joins them).
+    pub pf: u16,
+}
+
+/// Which card the software eSwitch stands for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileName {
+    /// A BlueField under DPDK 22.11's mlx5 driver with hardware steering:
+    /// what it refuses is refused (docs/offload.md).
+    #[default]
+    Mlx5,
+    /// rte_flow as documented, without a driver's limits.
+    Generic,
+}
+
+impl fmt::Display for ProfileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mlx5 => "mlx5",
+            Self::Generic => "generic",
+        })
+    }
 }
 
 /// Which flow-offload backend steers established connections.
@@ -181,8 +209,14 @@ pub struct RuntimeConfig {
     pub telemetry_period: Duration,
     /// The offload backend.
     pub backend: Backend,
-    /// Rules the software eSwitch holds.
+    /// Rules the backend holds.
     pub capacity: usize,
+    /// Rules a template table holds.
+    pub table_size: u32,
+    /// The software eSwitch's profile.
+    pub profile: ProfileName,
+    /// The mlx5 profile: every PF's ports on one eSwitch.
+    pub multiport: bool,
     /// Packets a session has in software before its rules are installed.
     pub offload_after: u16,
     /// DPDK settings (used when a port is `dpdk:`).
@@ -237,6 +271,8 @@ struct PortFile {
     name: String,
     io: String,
     role: Role,
+    #[serde(default)]
+    pf: u16,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,7 +295,13 @@ struct OffloadFile {
     #[serde(default)]
     backend: Backend,
     #[serde(default)]
+    profile: Option<ProfileName>,
+    #[serde(default)]
+    multiport: bool,
+    #[serde(default)]
     capacity: Option<usize>,
+    #[serde(default)]
+    table_size: Option<u32>,
     #[serde(default)]
     offload_after: Option<u16>,
 }
@@ -323,6 +365,7 @@ impl RuntimeConfig {
                 name: p.name,
                 io,
                 role: p.role,
+                pf: p.pf,
             });
         }
         if ports.len() > chaingate_shared::config::MAX_PORTS {
@@ -354,6 +397,19 @@ impl RuntimeConfig {
         let capacity = file.offload.capacity.unwrap_or(1 << 20);
         if capacity > 1 << 26 {
             return Err(field("offload.capacity", "must be at most 67108864"));
+        }
+        if file.offload.profile.is_some() && file.offload.backend != Backend::Soft {
+            return Err(field(
+                "offload.profile",
+                "a profile is for the software eSwitch (backend: soft); a card has its own",
+            ));
+        }
+        let table_size = file
+            .offload
+            .table_size
+            .unwrap_or_else(|| u32::try_from(capacity).unwrap_or(u32::MAX).max(1));
+        if table_size == 0 {
+            return Err(field("offload.table_size", "must be at least 1"));
         }
         let offload_after = file.offload.offload_after.unwrap_or(1);
         if offload_after == 0 {
@@ -397,6 +453,9 @@ impl RuntimeConfig {
             telemetry_period: Duration::from_millis(u64::from(period)),
             backend: file.offload.backend,
             capacity,
+            table_size,
+            profile: file.offload.profile.unwrap_or_default(),
+            multiport: file.offload.multiport,
             offload_after,
             dpdk: DpdkSettings {
                 eal: file.dpdk.eal,
@@ -445,6 +504,25 @@ offload: { backend: refuse, capacity: 5000, offload_after: 2 }
         .unwrap();
         assert_eq!(minimal.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(minimal.backend, Backend::Soft);
+        assert_eq!(
+            (minimal.profile, minimal.multiport, minimal.table_size),
+            (ProfileName::Mlx5, false, 1 << 20),
+            "the software eSwitch is a BlueField unless told otherwise"
+        );
+        let two_pfs = RuntimeConfig::parse(
+            "ports: [{name: a, io: 'afpacket:a', role: lan}, {name: b, io: 'afpacket:b', role: wan, pf: 1}]\n\
+             offload: { profile: generic, multiport: true, table_size: 4096 }",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                two_pfs.ports[1].pf,
+                two_pfs.profile,
+                two_pfs.multiport,
+                two_pfs.table_size
+            ),
+            (1, ProfileName::Generic, true, 4096)
+        );
         let dpdk = RuntimeConfig::parse(
             "ports: [{name: a, io: 'dpdk:net_ring0', role: lan}, {name: b, io: 'dpdk:1', role: wan}]\n\
              offload: { backend: rte_flow }\n\
@@ -502,6 +580,14 @@ offload: { backend: refuse, capacity: 5000, offload_after: 2 }
             (
                 GOOD.replace("role: lan", "role: vf"),
                 "ports: no port has role lan",
+            ),
+            (
+                GOOD.replace("backend: refuse,", "backend: refuse, profile: mlx5,"),
+                "offload.profile: a profile is for the software eSwitch",
+            ),
+            (
+                GOOD.replace("backend: refuse,", "profile: cx7,"),
+                "offload.profile: unknown variant `cx7`",
             ),
         ];
         for (text, expected) in cases {

@@ -172,4 +172,19 @@ impl DpuControl for ControlService {
     ) -> Result<Response<dpu::Stats>, Status> {
         Ok(Response::new(self.ask(Command::Stats).await?))
     }
+
+    async fn list_rules(
+        &self,
+        request: Request<dpu::ListRulesRequest>,
+    ) -> Result<Response<dpu::ListRulesResponse>, Status> {
+        let req = request.into_inner();
+        if !req.page_token.is_empty() && req.page_token.parse::<u64>().is_err() {
+            return Err(Status::invalid_argument(
+                "page_token: not one this DPU gave",
+            ));
+        }
+        Ok(Response::new(
+            self.ask(|tx| Command::ListRules(req, tx)).await?,
+        ))
+    }
 }

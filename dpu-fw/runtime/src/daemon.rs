@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
-use chaingate_fastpath::offload::{Refusing, SoftSwitch};
+use chaingate_fastpath::offload::{
+    FlowOffload, Mlx5, OffloadError, PortAttr, Profile, Refusing, SoftSwitch,
+};
 use chaingate_proto::dpu;
 use chaingate_proto::dpu::dpu_control_server::DpuControlServer;
+use chaingate_shared::config::MAX_INSTANCES;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{Backend, IoSpec, RuntimeConfig};
+use crate::config::{Backend, IoSpec, ProfileName, RuntimeConfig};
 use crate::control::ControlService;
 use crate::engine::{Command, Engine, Outputs, SLOT, Switch};
 use crate::io::PacketIo;
@@ -60,9 +63,26 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// A port would not start.
+    #[error("port {port}: cannot start it")]
+    Start {
+        /// The port's name.
+        port: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The flow backend refused its set-up.
+    #[error("the {backend} offload backend: {error}")]
+    Backend {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        error: OffloadError,
+    },
     /// The async runtime or a thread could not start.
     #[error("cannot start the {what}")]
-    Start {
+    Spawn {
         /// What.
         what: &'static str,
         /// Why.
@@ -94,8 +114,35 @@ impl std::fmt::Debug for Ports {
     }
 }
 
+impl Ports {
+    /// Starts every port: transfer proxies first, then the rest (mlx5
+    /// refuses to start a representor before its proxy).
+    ///
+    /// # Errors
+    /// [`DaemonError::Start`] naming the port.
+    pub fn start(&mut self, config: &RuntimeConfig) -> Result<(), DaemonError> {
+        let proxies: Vec<bool> = self.io.iter().map(|io| io.transfer_proxy()).collect();
+        for first in [true, false] {
+            for (i, io) in self.io.iter_mut().enumerate() {
+                if proxies.get(i).copied() == Some(first) {
+                    io.start().map_err(|source| DaemonError::Start {
+                        port: config
+                            .ports
+                            .get(i)
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Opens every port of the configuration (starting EAL first when a port
-/// is a DPDK one).
+/// is a DPDK one), configured and not started: the flow backend's
+/// template API is set up on stopped ports ([`prepare`]).
 ///
 /// # Errors
 /// [`DaemonError::Port`], [`DaemonError::Dpdk`] or
@@ -157,16 +204,37 @@ pub fn open_ports(config: &RuntimeConfig) -> Result<Ports, DaemonError> {
 }
 
 /// The offload backend the configuration asks for.
-enum Chosen {
+pub enum Chosen {
+    /// The software eSwitch.
     Soft(Box<SoftSwitch>),
+    /// No offload.
     Refuse(Refusing),
+    /// The NIC, through rte_flow.
     #[cfg(feature = "dpdk")]
     RteFlow(Box<crate::dpdk::DpdkFlow>),
 }
 
+impl std::fmt::Debug for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Soft(_) => "soft",
+            Self::Refuse(_) => "refuse",
+            #[cfg(feature = "dpdk")]
+            Self::RteFlow(_) => "rte_flow",
+        })
+    }
+}
+
+/// The backend `config` names, over `ports`.
 fn choose(config: &RuntimeConfig, ports: &Ports) -> Result<Chosen, DaemonError> {
     Ok(match config.backend {
-        Backend::Soft => Chosen::Soft(Box::new(SoftSwitch::new(config.capacity))),
+        Backend::Soft => {
+            let profile = match config.profile {
+                ProfileName::Mlx5 => Profile::Mlx5(Mlx5::default()),
+                ProfileName::Generic => Profile::Generic,
+            };
+            Chosen::Soft(Box::new(SoftSwitch::with_profile(config.capacity, profile)))
+        }
         Backend::Refuse => Chosen::Refuse(Refusing::default()),
         #[cfg(feature = "dpdk")]
         Backend::RteFlow => Chosen::RteFlow(Box::new(
@@ -183,6 +251,61 @@ fn choose(config: &RuntimeConfig, ports: &Ports) -> Result<Chosen, DaemonError> 
             return Err(DaemonError::NoRteFlow);
         }
     })
+}
+
+/// What the template API reserves for `config`: a counter and an AGE per
+/// rule at most, and a shared counter per instance.
+#[must_use]
+pub fn port_attr(config: &RuntimeConfig) -> PortAttr {
+    PortAttr::for_rules(config.capacity, MAX_INSTANCES)
+}
+
+/// Configures `backend`'s template API while the ports are stopped.
+/// A NIC whose ports refuse it gets its rules one by one (logged); the
+/// software eSwitch must take it.
+fn configure<B: FlowOffload>(
+    backend: &mut B,
+    name: &'static str,
+    attr: &PortAttr,
+    fatal: bool,
+) -> Result<(), DaemonError> {
+    match backend.configure(attr) {
+        Err(error) if fatal => Err(DaemonError::Backend {
+            backend: name,
+            error,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Opens the ports and sets the backend up in DPDK's order: ports
+/// configured, `rte_flow_configure` while they are stopped, ports started
+/// (proxies first), then the backend told so (template tables come after).
+///
+/// # Errors
+/// [`DaemonError`] for the first step that fails.
+pub fn prepare(config: &RuntimeConfig) -> Result<(Ports, Chosen), DaemonError> {
+    let mut ports = open_ports(config)?;
+    let mut chosen = choose(config, &ports)?;
+    let attr = port_attr(config);
+    match &mut chosen {
+        Chosen::Soft(b) => configure(b.as_mut(), "soft", &attr, true)?,
+        Chosen::Refuse(b) => configure(b, "refuse", &attr, true)?,
+        #[cfg(feature = "dpdk")]
+        Chosen::RteFlow(b) => configure(b.as_mut(), "rte_flow", &attr, false)?,
+    }
+    ports.start(config)?;
+    let started = match &mut chosen {
+        Chosen::Soft(b) => b.start(),
+        Chosen::Refuse(b) => b.start(),
+        #[cfg(feature = "dpdk")]
+        Chosen::RteFlow(b) => b.start(),
+    };
+    started.map_err(|error| DaemonError::Backend {
+        backend: "offload",
+        error,
+    })?;
+    Ok((ports, chosen))
 }
 
 /// A number that differs between two runs of the runtime.
@@ -205,13 +328,12 @@ fn boot_id() -> u64 {
 /// # Errors
 /// [`DaemonError`].
 pub fn run(config: RuntimeConfig) -> Result<(), DaemonError> {
-    let ports = open_ports(&config)?;
-    let chosen = choose(&config, &ports)?;
+    let (ports, chosen) = prepare(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|source| DaemonError::Start {
+        .map_err(|source| DaemonError::Spawn {
             what: "async runtime",
             source,
         })?;
@@ -246,7 +368,7 @@ pub fn run(config: RuntimeConfig) -> Result<(), DaemonError> {
                     drive(&config, ports.io, *b, boot, outputs, &commands_rx, &stop);
                 }
             })
-            .map_err(|source| DaemonError::Start {
+            .map_err(|source| DaemonError::Spawn {
                 what: "data path thread",
                 source,
             })?

@@ -61,6 +61,11 @@ pub trait Switch: FlowOffload + Send + 'static {
     /// own numbers).
     fn set_port_map(&mut self, _runtime_index: &[Option<usize>]) {}
 
+    /// The eSwitch of each configured port (`PortId`), where the backend
+    /// models it (the software eSwitch's mlx5 profile; a NIC knows its
+    /// own).
+    fn set_switches(&mut self, _switches: &[u16]) {}
+
     /// The backend's name, for telemetry.
     fn name(&self) -> &'static str;
 }
@@ -68,6 +73,10 @@ pub trait Switch: FlowOffload + Send + 'static {
 impl Switch for SoftSwitch {
     fn switch(&mut self, port: PortId, frame: &mut FrameBuf<'_>, now: Nanos) -> Outcome {
         self.process(port, frame, now)
+    }
+
+    fn set_switches(&mut self, switches: &[u16]) {
+        SoftSwitch::set_switches(self, switches);
     }
 
     fn switch_stats(&self) -> SwitchStats {
@@ -120,6 +129,11 @@ pub enum Command {
     ),
     /// Every counter.
     Stats(oneshot::Sender<dpu::Stats>),
+    /// A page of the rules in force, as testpmd commands.
+    ListRules(
+        dpu::ListRulesRequest,
+        oneshot::Sender<dpu::ListRulesResponse>,
+    ),
 }
 
 /// Why an instance's state was not set.
@@ -179,6 +193,8 @@ pub struct Engine<B: Switch> {
     census_acc: Vec<u64>,
     census: Vec<u64>,
     outputs: Outputs,
+    /// Every PF's ports on one eSwitch (multiport E-Switch).
+    multiport: bool,
 }
 
 impl<B: Switch> Engine<B> {
@@ -220,6 +236,7 @@ impl<B: Switch> Engine<B> {
         let dp = Datapath::new(placeholder, &options);
         let manager = ManagerOptions {
             budget: config.capacity,
+            table_size: config.table_size,
             ..ManagerOptions::default()
         };
         let mut backend = backend;
@@ -250,6 +267,7 @@ impl<B: Switch> Engine<B> {
             census_acc: vec![0; MAX_INSTANCES],
             census: vec![0; MAX_INSTANCES],
             outputs,
+            multiport: config.multiport,
         };
         engine.map_ports();
         engine.publish();
@@ -285,6 +303,15 @@ impl<B: Switch> Engine<B> {
         }
         for p in &mut self.ports {
             p.io.flush();
+        }
+        // Representors before their proxy (mlx5 refuses to stop a proxy
+        // whose representors run).
+        for proxies in [false, true] {
+            for p in &mut self.ports {
+                if p.io.transfer_proxy() == proxies {
+                    p.io.stop();
+                }
+            }
         }
     }
 
@@ -485,6 +512,15 @@ impl<B: Switch> Engine<B> {
                 .collect(),
             pending: self.mgr.pending() as u64,
             backend: self.mgr.backend().name().to_owned(),
+            reasons: self
+                .mgr
+                .refusal_reasons()
+                .iter()
+                .map(|(r, n)| ((*r).to_owned(), *n))
+                .collect(),
+            aged: s.aged,
+            swaps: s.swaps,
+            tables: s.tables as u64,
         }
     }
 
@@ -502,6 +538,9 @@ impl<B: Switch> Engine<B> {
             }
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
+            }
+            Command::ListRules(req, reply) => {
+                let _ = reply.send(self.list_rules(&req));
             }
         }
     }
@@ -565,6 +604,19 @@ impl<B: Switch> Engine<B> {
     }
 
     fn map_ports(&mut self) {
+        self.map_io();
+        let switches: Vec<u16> = self
+            .io_of_port
+            .iter()
+            .map(|i| {
+                i.and_then(|i| self.ports.get(i))
+                    .map_or(0, |p| if self.multiport { 0 } else { p.spec.pf })
+            })
+            .collect();
+        self.mgr.backend_mut().set_switches(&switches);
+    }
+
+    fn map_io(&mut self) {
         let config = self.dp.config();
         self.io_of_port = config
             .ports()
@@ -749,6 +801,36 @@ impl<B: Switch> Engine<B> {
             idle_ms: now.since(s.last_seen()).0 / 1_000_000,
             offloaded: self.mgr.is_offloaded(id),
             continuation: s.continuation().is_some(),
+        }
+    }
+
+    /// A page of the rules in force as dpdk-testpmd commands, ports named
+    /// by their DPDK port number (by their place among the runtime's
+    /// ports when they are not DPDK ports).
+    #[must_use]
+    pub fn list_rules(&self, req: &dpu::ListRulesRequest) -> dpu::ListRulesResponse {
+        let page = match req.page_size {
+            0 => 1000,
+            n => (n as usize).min(100_000),
+        };
+        let from: usize = req.page_token.parse().unwrap_or(0);
+        let port = |p: PortId| {
+            self.io_of_port
+                .get(p.index())
+                .copied()
+                .flatten()
+                .map_or(u16::MAX, |i| {
+                    self.ports
+                        .get(i)
+                        .and_then(|port| port.io.ethdev_id())
+                        .unwrap_or_else(|| u16::try_from(i).unwrap_or(u16::MAX))
+                })
+        };
+        let mut lines = Vec::new();
+        let next = crate::rules::testpmd_page(&self.mgr, &self.dp, &port, from, page, &mut lines);
+        dpu::ListRulesResponse {
+            lines,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
         }
     }
 

@@ -13,6 +13,8 @@
 //! - [`ctl`]: a control API client for operators.
 //! - [`capture`]: a streaming pcap/pcapng reader that trusts no length.
 //! - [`flows`]: the `dpu-fw flows` capture dump.
+//! - [`rules`]: the rules in force, or those synthetic sessions would
+//!   get, as dpdk-testpmd commands (`dpu-fw rules`, `dpu-fw ctl rules`).
 //!
 //! Unsafe code lives only in `dpdk` (the safe layer over DPDK); the
 //! system calls of AF_PACKET I/O are in `chaingate-pktio`.
@@ -28,6 +30,7 @@ pub mod daemon;
 pub mod dpdk;
 pub mod engine;
 pub mod flows;
+pub mod rules;
 
 /// Packet I/O (the `chaingate-pktio` crate, shared with the service
 /// functions and the test rig).

@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, Read, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -55,6 +55,34 @@ enum Command {
         dpu: String,
         #[command(subcommand)]
         action: CtlAction,
+    },
+    /// Show the hardware rules a gateway configuration gives, without a
+    /// DPU: N synthetic sessions, spread over the configuration's policies,
+    /// are set up by the fast path and offloaded into the software eSwitch
+    /// of the chosen profile, as the daemon would.
+    ///
+    /// Prints what the sessions got (offloaded, refused by reason) on
+    /// stderr; with --testpmd, the rules on stdout as dpdk-testpmd `flow`
+    /// commands, one a line: the shared counters (`flow indirect_action`),
+    /// the base jumps, then every session's rules, transfer rules on port
+    /// 0 (the proxy). Replay them on a card started with `dv_flow_en=1`
+    /// (docs/bluefield.md).
+    Rules {
+        /// The gateway configuration (YAML, docs/config.md).
+        config: PathBuf,
+        /// Synthetic sessions.
+        #[arg(long, default_value_t = 8)]
+        sessions: usize,
+        /// Print the rules as dpdk-testpmd commands.
+        #[arg(long)]
+        testpmd: bool,
+        /// The eSwitch's profile: mlx5 (a BlueField) or generic.
+        #[arg(long, default_value = "mlx5", value_parser = ["mlx5", "generic"])]
+        profile: String,
+        /// A port's ethdev number on the card, as NAME=ID (repeatable);
+        /// otherwise ports are numbered in the configuration's order.
+        #[arg(long = "port", value_name = "NAME=ID")]
+        ports: Vec<String>,
     },
     /// Print the flow key the fast path reads from every frame of a capture.
     ///
@@ -106,6 +134,12 @@ enum CtlAction {
         /// At most this many.
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// The rules in force (all pages).
+    Rules {
+        /// As dpdk-testpmd `flow` commands, one a line (the only form).
+        #[arg(long, required = true)]
+        testpmd: bool,
     },
     /// Print telemetry as it comes.
     Watch {
@@ -168,6 +202,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(control(&dpu, action))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rules {
+            config,
+            sessions,
+            testpmd,
+            profile,
+            ports,
+        } => {
+            rules(&config, sessions, testpmd, &profile, &ports)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Flows { capture } => {
             let input: Box<dyn Read> = if capture.as_os_str() == "-" {
                 Box::new(io::stdin().lock())
@@ -199,6 +243,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `dpu-fw rules`.
+fn rules(
+    path: &std::path::Path,
+    sessions: usize,
+    testpmd: bool,
+    profile: &str,
+    ports: &[String],
+) -> anyhow::Result<()> {
+    use chaingate_fastpath::offload::{Mlx5, Profile};
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (_, message) =
+        chaingate_proto::file::load(&text, 1).with_context(|| path.display().to_string())?;
+    let config = chaingate_shared::Config::try_from(message)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut ids: Vec<u16> = (0..config.ports().len())
+        .map(|i| u16::try_from(i).unwrap_or(u16::MAX))
+        .collect();
+    for p in ports {
+        let (name, id) = p
+            .split_once('=')
+            .with_context(|| format!("--port {p}: give NAME=ID"))?;
+        let at = config
+            .ports()
+            .iter()
+            .position(|x| x.name().as_str() == name)
+            .with_context(|| format!("--port {p}: the configuration has no port {name}"))?;
+        ids[at] = id
+            .parse()
+            .with_context(|| format!("--port {p}: {id} is not an ethdev number"))?;
+    }
+    let profile = match profile {
+        "generic" => Profile::Generic,
+        _ => Profile::Mlx5(Mlx5::default()),
+    };
+    let (dp, mgr, summary) =
+        dpu_fw::rules::synthetic(&config, sessions, dpu_fw::rules::card(sessions, profile));
+    eprint!("{summary}");
+    if testpmd {
+        let port = |p: chaingate_shared::PortId| ids.get(p.index()).copied().unwrap_or(u16::MAX);
+        let mut lines = Vec::new();
+        dpu_fw::rules::testpmd_page(&mgr, &dp, &port, 0, usize::MAX, &mut lines);
+        let mut out = BufWriter::new(io::stdout().lock());
+        for l in lines {
+            if let Err(e) = writeln!(out, "{l}") {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn control(addr: &str, action: CtlAction) -> anyhow::Result<()> {
@@ -253,6 +352,26 @@ async fn control(addr: &str, action: CtlAction) -> anyhow::Result<()> {
                     ctl::print_json(s);
                 }
                 left = left.saturating_sub(page.sessions.len());
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+        }
+        CtlAction::Rules { testpmd: _ } => {
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_rules(dpu::ListRulesRequest {
+                        page_size: 0,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(ctl::CtlError::from)?
+                    .into_inner();
+                for line in &page.lines {
+                    println!("{line}");
+                }
                 if page.next_page_token.is_empty() {
                     break;
                 }

@@ -63,8 +63,9 @@ fn bursts_round_trip_without_losing_an_mbuf() {
         "EAL starts once"
     );
     let pool = Arc::new(Mempool::new(eal, "ringtest", 4095).unwrap());
-    let port = EthPort::open(eal, "net_ring0", Arc::clone(&pool), 256).unwrap();
+    let mut port = EthPort::open(eal, "net_ring0", Arc::clone(&pool), 256).unwrap();
     assert_eq!(port.name(), "net_ring0");
+    port.start().unwrap();
     assert!(
         EthPort::open(eal, "net_ring9", Arc::clone(&pool), 256)
             .unwrap_err()

@@ -75,6 +75,41 @@ impl Drop for Mempool {
     }
 }
 
+/// The VLAN tags a driver stripped (their TCIs, outermost first).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Stripped {
+    /// None.
+    None,
+    /// One tag (`RTE_MBUF_F_RX_VLAN_STRIPPED`).
+    One(u16),
+    /// Both tags of a QinQ frame (`RTE_MBUF_F_RX_QINQ_STRIPPED`).
+    Two(u16, u16),
+}
+
+impl Stripped {
+    /// The tags to put back in front of `data`'s EtherType, outermost
+    /// first, as (TPID, TCI), and how many there are. The mbuf keeps TCIs,
+    /// not TPIDs: two stripped tags are a QinQ pair (802.1ad outer, 802.1Q
+    /// inner); a single one is 802.1ad when another tag still follows it
+    /// (it was a QinQ frame's service tag), 802.1Q otherwise.
+    #[must_use]
+    pub fn tags(self, data: &[u8]) -> ([(u16, u16); 2], usize) {
+        const Q: u16 = 0x8100;
+        const AD: u16 = 0x88A8;
+        let next = data
+            .get(12..14)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        match self {
+            Self::None => ([(0, 0); 2], 0),
+            Self::One(tci) => {
+                let tpid = if next == Q || next == AD { AD } else { Q };
+                ([(tpid, tci), (0, 0)], 1)
+            }
+            Self::Two(outer, inner) => ([(AD, outer), (Q, inner)], 2),
+        }
+    }
+}
+
 /// One owned mbuf (possibly a chain of segments); freed on drop.
 #[derive(Debug)]
 pub struct Mbuf {
@@ -128,14 +163,20 @@ impl Mbuf {
         unsafe { dpdk_sys::cg_pktmbuf_nb_segs(self.raw.as_ptr()) }
     }
 
-    /// The VLAN tag the driver took off the packet, if it did.
+    /// The VLAN tags the driver took off the packet, outermost first
+    /// (TCIs).
     #[must_use]
-    pub fn stripped_vlan(&self) -> Option<u16> {
-        let mut tci = 0u16;
-        // SAFETY: a live mbuf; `tci` is a valid out-pointer.
-        let stripped =
-            unsafe { dpdk_sys::cg_pktmbuf_vlan_stripped(self.raw.as_ptr(), &raw mut tci) };
-        (stripped != 0).then_some(tci)
+    pub fn stripped_vlans(&self) -> Stripped {
+        let (mut outer, mut tci) = (0u16, 0u16);
+        // SAFETY: a live mbuf; valid out-pointers.
+        let n = unsafe {
+            dpdk_sys::cg_pktmbuf_vlan_stripped(self.raw.as_ptr(), &raw mut outer, &raw mut tci)
+        };
+        match n {
+            2 => Stripped::Two(outer, tci),
+            1 => Stripped::One(tci),
+            _ => Stripped::None,
+        }
     }
 
     /// Sets the data to `bytes` (an empty mbuf fresh from its pool);

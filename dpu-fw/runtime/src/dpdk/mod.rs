@@ -25,7 +25,7 @@ use std::fmt;
 
 pub use eal::{Eal, EalError};
 pub use flow::{DpdkFlow, FlowError};
-pub use mbuf::{Mbuf, Mempool};
+pub use mbuf::{Mbuf, Mempool, Stripped};
 pub use port::{DpdkIo, EthPort, PortError};
 
 /// An errno as DPDK returns it (positive), with its name.

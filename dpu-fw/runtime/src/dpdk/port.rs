@@ -1,6 +1,7 @@
-//! Ethdev ports: configured with one receive and one transmit queue,
-//! started, promiscuous; stopped and closed on drop. [`DpdkIo`] makes one a
-//! [`PacketIo`] for the data path.
+//! Ethdev ports: configured with one receive and one transmit queue, then
+//! started (promiscuous) once the flow backend has configured its template
+//! API (`rte_flow_configure` wants stopped ports); stopped and closed on
+//! drop. [`DpdkIo`] makes one a [`PacketIo`] for the data path.
 
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -81,18 +82,18 @@ pub fn find(eal: &Eal, device: &str) -> Result<u16, PortError> {
     if rc == 0 { Ok(id) } else { Err(missing()) }
 }
 
-/// A started ethdev port.
+/// An ethdev port.
 #[derive(Debug)]
 pub struct EthPort {
     id: u16,
     name: String,
     pool: Arc<Mempool>,
+    started: bool,
 }
 
 impl EthPort {
     /// Configures `device` with one queue each way of `descriptors`
-    /// entries, receiving into `pool`, and starts it (promiscuous where the
-    /// driver can).
+    /// entries, receiving into `pool`; [`EthPort::start`] starts it.
     ///
     /// # Errors
     /// [`PortError`] naming the step.
@@ -141,20 +142,61 @@ impl EthPort {
         if rc < 0 {
             return Err(fail("set its transmit queue up", rc));
         }
-        // SAFETY: a configured port with its queues.
-        let rc = unsafe { dpdk_sys::rte_eth_dev_start(id) };
-        if rc < 0 {
-            return Err(fail("start it", rc));
-        }
-        // Drivers without promiscuous mode (net_ring) take everything
-        // anyway: a refusal here is not an error.
-        // SAFETY: a started port.
-        let _ = unsafe { dpdk_sys::rte_eth_promiscuous_enable(id) };
         Ok(Self {
             id,
             name: port_name(id).unwrap_or_else(|| device.to_owned()),
             pool,
+            started: false,
         })
+    }
+
+    /// Starts the port (promiscuous where the driver can).
+    ///
+    /// # Errors
+    /// [`PortError::Setup`].
+    pub fn start(&mut self) -> Result<(), PortError> {
+        if self.started {
+            return Ok(());
+        }
+        // SAFETY: a configured port with its queues.
+        let rc = unsafe { dpdk_sys::rte_eth_dev_start(self.id) };
+        if rc < 0 {
+            return Err(PortError::Setup {
+                device: self.name.clone(),
+                step: "start it",
+                errno: Errno::from_ret(rc),
+            });
+        }
+        self.started = true;
+        // Drivers without promiscuous mode (net_ring) take everything
+        // anyway: a refusal here is not an error.
+        // SAFETY: a started port.
+        let _ = unsafe { dpdk_sys::rte_eth_promiscuous_enable(self.id) };
+        Ok(())
+    }
+
+    /// Stops the port (representors before their proxy, mlx5.rst).
+    pub fn stop(&mut self) {
+        if self.started {
+            // SAFETY: the port is ours and started.
+            let _ = unsafe { dpdk_sys::rte_eth_dev_stop(self.id) };
+            self.started = false;
+        }
+    }
+
+    /// True for the transfer proxy of its eSwitch (or a port without one).
+    #[must_use]
+    pub fn is_proxy(&self) -> bool {
+        let mut proxy = self.id;
+        let mut e = dpdk_sys::rte_flow_error {
+            type_: 0,
+            cause: std::ptr::null(),
+            message: std::ptr::null(),
+        };
+        // SAFETY: a valid port and out-pointers.
+        let rc =
+            unsafe { dpdk_sys::rte_flow_pick_transfer_proxy(self.id, &raw mut proxy, &raw mut e) };
+        rc != 0 || proxy == self.id
     }
 
     /// The port id.
@@ -187,9 +229,9 @@ impl EthPort {
 
 impl Drop for EthPort {
     fn drop(&mut self) {
+        self.stop();
         // SAFETY: the port is ours; nothing uses it after this.
         unsafe {
-            let _ = dpdk_sys::rte_eth_dev_stop(self.id);
             let _ = dpdk_sys::rte_eth_dev_close(self.id);
         }
     }
@@ -224,6 +266,24 @@ impl DpdkIo {
 }
 
 impl PacketIo for DpdkIo {
+    fn start(&mut self) -> std::io::Result<()> {
+        self.port
+            .start()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    fn stop(&mut self) {
+        self.port.stop();
+    }
+
+    fn transfer_proxy(&self) -> bool {
+        self.port.is_proxy()
+    }
+
+    fn ethdev_id(&self) -> Option<u16> {
+        Some(self.port.id)
+    }
+
     fn recv(&mut self, batch: &mut RxBatch) -> std::io::Result<usize> {
         batch.clear();
         let mut raw = [std::ptr::null_mut::<dpdk_sys::rte_mbuf>(); BATCH];
@@ -236,27 +296,24 @@ impl PacketIo for DpdkIo {
             // SAFETY: the burst handed these mbufs to us.
             let m = unsafe { Mbuf::from_raw(r) };
             let data = m.data();
-            let tag = m.stripped_vlan();
-            let len = data.len() + if tag.is_some() { 4 } else { 0 };
-            if m.segments() != 1 || len > room || data.len() < 12 {
+            let (tags, n_tags) = m.stripped_vlans().tags(data);
+            let len = data.len() + 4 * n_tags;
+            if m.segments() != 1 || len > room || data.len() < 12 || HEADROOM < 4 * n_tags {
                 self.counters.rx_errors += 1;
                 continue;
             }
             let slot = batch.slot_mut(i);
-            let start = match tag {
-                None => {
-                    slot[HEADROOM..HEADROOM + data.len()].copy_from_slice(data);
-                    HEADROOM
-                }
-                Some(tci) => {
-                    let at = HEADROOM - 4;
-                    slot[at..at + 12].copy_from_slice(&data[..12]);
-                    slot[at + 12..at + 14].copy_from_slice(&0x8100u16.to_be_bytes());
-                    slot[at + 14..at + 16].copy_from_slice(&tci.to_be_bytes());
-                    slot[at + 16..at + 4 + data.len()].copy_from_slice(&data[12..]);
-                    at
-                }
-            };
+            // The tags a driver stripped go back between the addresses and
+            // the EtherType, with their TPIDs (802.1ad kept as 0x88A8).
+            let start = HEADROOM - 4 * n_tags;
+            slot[start..start + 12].copy_from_slice(&data[..12]);
+            for (k, (tpid, tci)) in tags.iter().take(n_tags).enumerate() {
+                let at = start + 12 + 4 * k;
+                slot[at..at + 2].copy_from_slice(&tpid.to_be_bytes());
+                slot[at + 2..at + 4].copy_from_slice(&tci.to_be_bytes());
+            }
+            let rest = start + 12 + 4 * n_tags;
+            slot[rest..rest + data.len() - 12].copy_from_slice(&data[12..]);
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += len as u64;
             batch.push(i, start, len);

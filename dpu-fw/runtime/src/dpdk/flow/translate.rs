@@ -16,9 +16,11 @@ use chaingate_fastpath::offload::rule::{
     VlanFields,
 };
 use chaingate_fastpath::offload::{
-    Action, Attr, CounterId, EncapId, Item, OffloadError, VxlanTunnel,
+    Action, ActionKind, Age, Attr, CounterId, EncapId, Item, OffloadError, VxlanTunnel,
 };
+use chaingate_fastpath::wire::EthernetAddress;
 use chaingate_shared::PortId;
+use chaingate_shared::VlanId;
 use dpdk_sys as sys;
 
 /// How ids of the rule language become DPDK's.
@@ -318,6 +320,89 @@ fn vxlan_definition(k: &mut Keep, t: &VxlanTunnel) -> *const c_void {
     keep(k, sys::rte_flow_action_vxlan_encap { definition: first })
 }
 
+/// One action's type and configuration.
+fn action(
+    a: &Action,
+    r: &Resolve<'_>,
+    k: &mut Keep,
+) -> Result<(sys::rte_flow_action_type, *const c_void), OffloadError> {
+    let port = |p: PortId| (r.port)(p).ok_or(OffloadError::Invalid("a port without a DPDK device"));
+    Ok(match a {
+        Action::RepresentedPort(p) => (
+            sys::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT,
+            keep(k, sys::rte_flow_action_ethdev { port_id: port(*p)? }),
+        ),
+        Action::PortRepresentor(p) => (
+            sys::RTE_FLOW_ACTION_TYPE_PORT_REPRESENTOR,
+            keep(k, sys::rte_flow_action_ethdev { port_id: port(*p)? }),
+        ),
+        Action::Jump(g) => (
+            sys::RTE_FLOW_ACTION_TYPE_JUMP,
+            keep(k, sys::rte_flow_action_jump { group: *g }),
+        ),
+        Action::Drop => (sys::RTE_FLOW_ACTION_TYPE_DROP, ptr::null()),
+        Action::OfPushVlan(tpid) => (
+            sys::RTE_FLOW_ACTION_TYPE_OF_PUSH_VLAN,
+            keep(
+                k,
+                sys::rte_flow_action_of_push_vlan {
+                    ethertype: be16(*tpid),
+                },
+            ),
+        ),
+        Action::OfSetVlanVid(vid) => (
+            sys::RTE_FLOW_ACTION_TYPE_OF_SET_VLAN_VID,
+            keep(
+                k,
+                sys::rte_flow_action_of_set_vlan_vid {
+                    vlan_vid: be16(vid.get()),
+                },
+            ),
+        ),
+        Action::OfSetVlanPcp(pcp) => (
+            sys::RTE_FLOW_ACTION_TYPE_OF_SET_VLAN_PCP,
+            keep(k, sys::rte_flow_action_of_set_vlan_pcp { vlan_pcp: *pcp }),
+        ),
+        Action::OfPopVlan => (sys::RTE_FLOW_ACTION_TYPE_OF_POP_VLAN, ptr::null()),
+        Action::SetMacSrc(m) => (
+            sys::RTE_FLOW_ACTION_TYPE_SET_MAC_SRC,
+            keep(k, sys::rte_flow_action_set_mac { mac_addr: m.0 }),
+        ),
+        Action::SetMacDst(m) => (
+            sys::RTE_FLOW_ACTION_TYPE_SET_MAC_DST,
+            keep(k, sys::rte_flow_action_set_mac { mac_addr: m.0 }),
+        ),
+        Action::Count => (
+            sys::RTE_FLOW_ACTION_TYPE_COUNT,
+            keep(k, sys::rte_flow_action_count { id: 0 }),
+        ),
+        Action::SharedCount(c) => (
+            sys::RTE_FLOW_ACTION_TYPE_INDIRECT,
+            (r.counter)(*c)
+                .ok_or(OffloadError::UnknownHandle)?
+                .cast::<c_void>()
+                .cast_const(),
+        ),
+        Action::Age(age) => {
+            let mut conf = sys::rte_flow_action_age::default();
+            conf.set_timeout(age.timeout_s);
+            // The context comes back with the aged report: the number
+            // itself, not an address.
+            conf.context =
+                ptr::without_provenance_mut(usize::try_from(age.context).unwrap_or(usize::MAX));
+            (sys::RTE_FLOW_ACTION_TYPE_AGE, keep(k, conf))
+        }
+        Action::VxlanEncap(e) => {
+            let t = (r.encap)(*e).ok_or(OffloadError::UnknownHandle)?;
+            (
+                sys::RTE_FLOW_ACTION_TYPE_VXLAN_ENCAP,
+                vxlan_definition(k, &t),
+            )
+        }
+        Action::VxlanDecap => (sys::RTE_FLOW_ACTION_TYPE_VXLAN_DECAP, ptr::null()),
+    })
+}
+
 /// The actions of a rule.
 ///
 /// # Errors
@@ -325,88 +410,85 @@ fn vxlan_definition(k: &mut Keep, t: &VxlanTunnel) -> *const c_void {
 pub fn actions(actions: &[Action], r: &Resolve<'_>) -> Result<CActions, OffloadError> {
     let mut k: Keep = Vec::new();
     let mut out = Vec::with_capacity(actions.len() + 1);
-    let port = |p: PortId| (r.port)(p).ok_or(OffloadError::Invalid("a port without a DPDK device"));
     for a in actions {
-        let (ty, conf) = match a {
-            Action::RepresentedPort(p) => (
-                sys::RTE_FLOW_ACTION_TYPE_REPRESENTED_PORT,
-                keep(&mut k, sys::rte_flow_action_ethdev { port_id: port(*p)? }),
-            ),
-            Action::PortRepresentor(p) => (
-                sys::RTE_FLOW_ACTION_TYPE_PORT_REPRESENTOR,
-                keep(&mut k, sys::rte_flow_action_ethdev { port_id: port(*p)? }),
-            ),
-            Action::Jump(g) => (
-                sys::RTE_FLOW_ACTION_TYPE_JUMP,
-                keep(&mut k, sys::rte_flow_action_jump { group: *g }),
-            ),
-            Action::Drop => (sys::RTE_FLOW_ACTION_TYPE_DROP, ptr::null()),
-            Action::OfPushVlan(tpid) => (
-                sys::RTE_FLOW_ACTION_TYPE_OF_PUSH_VLAN,
-                keep(
-                    &mut k,
-                    sys::rte_flow_action_of_push_vlan {
-                        ethertype: be16(*tpid),
-                    },
-                ),
-            ),
-            Action::OfSetVlanVid(vid) => (
-                sys::RTE_FLOW_ACTION_TYPE_OF_SET_VLAN_VID,
-                keep(
-                    &mut k,
-                    sys::rte_flow_action_of_set_vlan_vid {
-                        vlan_vid: be16(vid.get()),
-                    },
-                ),
-            ),
-            Action::OfSetVlanPcp(pcp) => (
-                sys::RTE_FLOW_ACTION_TYPE_OF_SET_VLAN_PCP,
-                keep(
-                    &mut k,
-                    sys::rte_flow_action_of_set_vlan_pcp { vlan_pcp: *pcp },
-                ),
-            ),
-            Action::OfPopVlan => (sys::RTE_FLOW_ACTION_TYPE_OF_POP_VLAN, ptr::null()),
-            Action::SetMacSrc(m) => (
-                sys::RTE_FLOW_ACTION_TYPE_SET_MAC_SRC,
-                keep(&mut k, sys::rte_flow_action_set_mac { mac_addr: m.0 }),
-            ),
-            Action::SetMacDst(m) => (
-                sys::RTE_FLOW_ACTION_TYPE_SET_MAC_DST,
-                keep(&mut k, sys::rte_flow_action_set_mac { mac_addr: m.0 }),
-            ),
-            Action::Count => (
-                sys::RTE_FLOW_ACTION_TYPE_COUNT,
-                keep(&mut k, sys::rte_flow_action_count { id: 0 }),
-            ),
-            Action::SharedCount(c) => (
-                sys::RTE_FLOW_ACTION_TYPE_INDIRECT,
-                (r.counter)(*c)
-                    .ok_or(OffloadError::UnknownHandle)?
-                    .cast::<c_void>()
-                    .cast_const(),
-            ),
-            Action::Meter(m) => (
-                sys::RTE_FLOW_ACTION_TYPE_METER,
-                keep(&mut k, sys::rte_flow_action_meter { mtr_id: m.0 }),
-            ),
-            Action::VxlanEncap(e) => {
-                let t = (r.encap)(*e).ok_or(OffloadError::UnknownHandle)?;
-                (
-                    sys::RTE_FLOW_ACTION_TYPE_VXLAN_ENCAP,
-                    vxlan_definition(&mut k, &t),
-                )
-            }
-            Action::VxlanDecap => (sys::RTE_FLOW_ACTION_TYPE_VXLAN_DECAP, ptr::null()),
-        };
-        out.push(sys::rte_flow_action { type_: ty, conf });
+        let (type_, conf) = action(a, r, &mut k)?;
+        out.push(sys::rte_flow_action { type_, conf });
     }
+    Ok(finish(out, k))
+}
+
+/// The actions of an actions template of `kinds`: every configuration is
+/// a placeholder (with the masks of [`CActions::template_masks`], each
+/// rule brings its own), present where mlx5 reads one at template time
+/// (an encapsulation's length); an indirect action has none.
+#[must_use]
+pub fn template_actions(kinds: &[ActionKind], r: &Resolve<'_>) -> CActions {
+    let mut k: Keep = Vec::new();
+    let mut out = Vec::with_capacity(kinds.len() + 1);
+    let any_port = (0..64)
+        .map(PortId::from_index)
+        .find(|p| (r.port)(*p).is_some())
+        .unwrap_or(PortId::from_index(0));
+    let vid = VlanId::new(1).unwrap_or(VlanId::from_tci(1));
+    let mac = EthernetAddress([0; 6]);
+    for kind in kinds {
+        let placeholder = match kind {
+            ActionKind::RepresentedPort => Action::RepresentedPort(any_port),
+            ActionKind::PortRepresentor => Action::PortRepresentor(any_port),
+            ActionKind::Jump => Action::Jump(1),
+            ActionKind::Drop => Action::Drop,
+            ActionKind::OfPushVlan => Action::OfPushVlan(0x8100),
+            ActionKind::OfSetVlanVid => Action::OfSetVlanVid(vid),
+            ActionKind::OfSetVlanPcp => Action::OfSetVlanPcp(0),
+            ActionKind::OfPopVlan => Action::OfPopVlan,
+            ActionKind::SetMacSrc => Action::SetMacSrc(mac),
+            ActionKind::SetMacDst => Action::SetMacDst(mac),
+            ActionKind::Count => Action::Count,
+            ActionKind::Age => Action::Age(Age {
+                timeout_s: 1,
+                context: 0,
+            }),
+            ActionKind::VxlanDecap => Action::VxlanDecap,
+            ActionKind::SharedCount => {
+                out.push(sys::rte_flow_action {
+                    type_: sys::RTE_FLOW_ACTION_TYPE_INDIRECT,
+                    conf: ptr::null(),
+                });
+                continue;
+            }
+            ActionKind::VxlanEncap => {
+                let t = VxlanTunnel {
+                    dst_mac: mac,
+                    src_mac: mac,
+                    src: 0,
+                    dst: 0,
+                    src_port: 0,
+                    vni: 0,
+                    ttl: 64,
+                };
+                out.push(sys::rte_flow_action {
+                    type_: sys::RTE_FLOW_ACTION_TYPE_VXLAN_ENCAP,
+                    conf: vxlan_definition(&mut k, &t),
+                });
+                continue;
+            }
+        };
+        // Placeholders name no counter or encapsulation: they translate.
+        if let Ok((type_, conf)) = action(&placeholder, r, &mut k) {
+            out.push(sys::rte_flow_action { type_, conf });
+        }
+    }
+    finish(out, k)
+}
+
+/// Closes an action list with END.
+fn finish(mut out: Vec<sys::rte_flow_action>, k: Keep) -> CActions {
     out.push(sys::rte_flow_action {
         type_: sys::RTE_FLOW_ACTION_TYPE_END,
         conf: ptr::null(),
     });
-    Ok(CActions {
+    CActions {
         actions: out,
         _keep: k,
-    })
+    }
 }
