@@ -390,10 +390,12 @@ impl<B: FlowOffload> OffloadManager<B> {
                 _ => None,
             })
             .unwrap_or(0);
-        let found = self
-            .tables
-            .iter()
-            .position(|t| t.spec.switch == switch && t.spec.same_pattern(rule));
+        // The same pattern serves rules from an uplink and from an
+        // instance (a customer's tag looks like a segment tag): each kind
+        // has its own table, with its own actions templates.
+        let found = self.tables.iter().position(|t| {
+            t.spec.switch == switch && t.spec.same_pattern(rule) && t.spec.place(rule).is_ok()
+        });
         let table = match found {
             Some(i) => i,
             None => {
