@@ -50,6 +50,31 @@ pub trait Rig {
     }
 }
 
+/// Runs `plan` from the lan host to the wan host on a thread of its own
+/// and, on this one, `during` once `at` data frames have gone (or the run
+/// ended first); returns what `during` gave and the run's outcome.
+///
+/// # Panics
+/// The traffic tool fails.
+pub fn traffic_during<T>(
+    rig: &dyn Rig,
+    mut plan: Plan,
+    at: u64,
+    during: impl FnOnce() -> T,
+) -> (T, Outcome) {
+    let live = std::sync::Arc::new(flows::Live::default());
+    plan.live = Some(std::sync::Arc::clone(&live));
+    let (lan, wan) = (rig.lan(), rig.wan());
+    std::thread::scope(|s| {
+        let run = s.spawn(|| flows::run(&plan, lan, wan).expect("the traffic tool"));
+        while live.sent.load(std::sync::atomic::Ordering::Relaxed) < at && !run.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let got = during();
+        (got, run.join().expect("the traffic thread"))
+    })
+}
+
 impl Rig for AgentRig {
     fn agent(&self) -> &AgentCli {
         &self.agent
