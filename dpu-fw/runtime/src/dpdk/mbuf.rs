@@ -203,3 +203,34 @@ impl Drop for Mbuf {
         unsafe { dpdk_sys::cg_pktmbuf_free(self.raw.as_ptr()) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Stripped;
+
+    fn frame(ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn stripped_tags_come_back_with_their_tpids() {
+        assert_eq!(Stripped::None.tags(&frame(0x0800)).1, 0);
+        // A single tag over an IP packet: 802.1Q.
+        assert_eq!(
+            Stripped::One(7).tags(&frame(0x0800)),
+            ([(0x8100, 7), (0, 0)], 1)
+        );
+        // A single tag over another tag: the service tag of a QinQ frame.
+        assert_eq!(
+            Stripped::One(7).tags(&frame(0x8100)),
+            ([(0x88A8, 7), (0, 0)], 1)
+        );
+        // Both tags stripped: 802.1ad outside, 802.1Q inside.
+        assert_eq!(
+            Stripped::Two(100, 200).tags(&frame(0x0800)),
+            ([(0x88A8, 100), (0x8100, 200)], 2)
+        );
+    }
+}
