@@ -19,7 +19,7 @@ use chaingate_hw_tests::flows::Plan;
 use chaingate_hw_tests::rig::{self, traffic_during};
 
 const FLOWS: u32 = 1000;
-const PACKETS: u32 = 30;
+const PACKETS: u32 = 60;
 
 #[test]
 fn established_sessions_stay_in_hardware_through_an_apply() {

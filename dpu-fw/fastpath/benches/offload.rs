@@ -182,6 +182,63 @@ fn main() {
     });
     g.finish();
 
+    // Per session, in criterion: the fast path setting a new session up
+    // (the baseline), and the offload manager generating, placing and
+    // installing its rules into the eSwitch (both profiles).
+    let chunk = |iters: u64, mut timed: Box<dyn FnMut(usize) -> std::time::Duration + '_>| {
+        let mut left = usize::try_from(iters).unwrap_or(usize::MAX);
+        let mut total = std::time::Duration::ZERO;
+        while left > 0 {
+            let n = left.min(SESSIONS);
+            total += timed(n);
+            left -= n;
+        }
+        total
+    };
+    let mut g = c.benchmark_group("sessions");
+    g.throughput(Throughput::Elements(1));
+    // Each sample makes a data path and an eSwitch of a million rules.
+    g.sample_size(10);
+    g.bench_function("setup_fast_path", |b| {
+        b.iter_custom(|iters| {
+            chunk(
+                iters,
+                Box::new(|n| {
+                    let (mut dp, _) = manager(&config, mlx5(), 1, usize::MAX);
+                    let t = Instant::now();
+                    for f in flows.iter().take(n) {
+                        black_box(dp.process(lan, f, Nanos(1)));
+                    }
+                    t.elapsed()
+                }),
+            )
+        });
+    });
+    for (name, profile) in [
+        ("install_mlx5", mlx5()),
+        ("install_generic", Profile::Generic),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                chunk(
+                    iters,
+                    Box::new(|n| {
+                        let (mut dp, mut mgr) = manager(&config, profile.clone(), 1, usize::MAX);
+                        for f in flows.iter().take(n) {
+                            dp.process(lan, f, Nanos(1));
+                        }
+                        let t = Instant::now();
+                        mgr.handle_events(&mut dp);
+                        let elapsed = t.elapsed();
+                        assert_eq!(mgr.stats().sessions_offloaded, n);
+                        elapsed
+                    }),
+                )
+            });
+        });
+    }
+    g.finish();
+
     // Installation by the manager: every session asks for rules at its
     // first packet; the manager generates, places and installs them all.
     let install = |profile: Profile| {

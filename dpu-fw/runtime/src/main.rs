@@ -184,8 +184,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let parsed = RuntimeConfig::load(&config)?;
             let ports = daemon::open_ports(&parsed)?;
             drop(ports);
+            let profile = if parsed.backend == dpu_fw::config::Backend::Soft {
+                format!(" (profile {})", parsed.profile)
+            } else {
+                String::new()
+            };
             println!(
-                "{}: {} ports, {} sessions, control on {}, offload {}",
+                "{}: {} ports, {} sessions, control on {}, offload {}{profile}",
                 config.display(),
                 parsed.ports.len(),
                 parsed.sessions,

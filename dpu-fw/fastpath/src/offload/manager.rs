@@ -37,7 +37,6 @@ use alloc::vec::Vec;
 use core::hash::Hasher;
 
 use chaingate_shared::config::MAX_HOPS;
-use chaingate_shared::hash::FlowHasher;
 use chaingate_shared::{InstanceId, Name, Nanos};
 
 use super::generate::{GenerateError, SESSION_GROUPS, base_rules, session_rules, templates_for};
@@ -177,6 +176,10 @@ pub struct OffloadManager<B> {
     jump_priority: u32,
     transition: Option<Transition>,
     tables: Vec<Table>,
+    /// The table of the `n`th rule of the last session placed.
+    recent: [Option<usize>; MAX_SESSION_RULES],
+    /// The table `find_place` found last.
+    last_table: Option<usize>,
     entries: Vec<Entry>,
     pending: VecDeque<SessionId>,
     /// Per instance of the configuration in force.
@@ -216,6 +219,8 @@ impl<B: FlowOffload> OffloadManager<B> {
             jump_priority: 0,
             transition: None,
             tables: Vec::new(),
+            recent: [None; MAX_SESSION_RULES],
+            last_table: None,
             entries: alloc::vec![Entry::default(); dp.sessions().capacity()],
             pending: VecDeque::with_capacity(options.batch * 4),
             counters: Vec::new(),
@@ -379,9 +384,30 @@ impl<B: FlowOffload> OffloadManager<B> {
         self.counters = counters;
     }
 
-    /// The place of `rule`: its table (made on first need) and actions
-    /// template.
-    fn place(&mut self, rule: &Rule) -> Result<Place, OffloadError> {
+    /// The place of `rule`, the `nth` of its session (sessions list their
+    /// rules in the same order, so the table of the `nth` rule of the last
+    /// session is tried first): its table (made on first need) and
+    /// actions template.
+    fn place(&mut self, rule: &Rule, nth: usize) -> Result<Place, OffloadError> {
+        if let Some(i) = self.recent.get(nth).copied().flatten()
+            && let Some(t) = self.tables.get(i)
+            && let Ok(id) = t.made
+            && let Ok(actions) = t.spec.place(rule)
+            && rule.pattern.first().is_none_or(|first| match first {
+                Item::RepresentedPort(p) => self.backend.switch_of(*p) == t.spec.switch,
+                _ => t.spec.switch == 0,
+            })
+        {
+            return Ok(Place { table: id, actions });
+        }
+        let placed = self.find_place(rule);
+        if let (Ok(_), Some(slot)) = (&placed, self.recent.get_mut(nth)) {
+            *slot = self.last_table;
+        }
+        placed
+    }
+
+    fn find_place(&mut self, rule: &Rule) -> Result<Place, OffloadError> {
         let switch = rule
             .pattern
             .iter()
@@ -412,6 +438,7 @@ impl<B: FlowOffload> OffloadManager<B> {
                 self.tables.len() - 1
             }
         };
+        self.last_table = Some(table);
         let t = self
             .tables
             .get(table)
@@ -432,7 +459,7 @@ impl<B: FlowOffload> OffloadManager<B> {
         };
         let mut places = Vec::with_capacity(rules.len());
         for rule in &rules {
-            match self.place(rule) {
+            match self.find_place(rule) {
                 Ok(p) => places.push(p),
                 Err(_) => {
                     self.stats.base_refused += rules.len() as u64;
@@ -715,12 +742,9 @@ impl<B: FlowOffload> OffloadManager<B> {
                 continue;
             }
             let mut placed = true;
-            for i in start..start + n {
-                let Some(rule) = self.scratch.get(i).cloned() else {
-                    placed = false;
-                    break;
-                };
-                match self.place(&rule) {
+            let scratch = core::mem::take(&mut self.scratch);
+            for (k, rule) in scratch.iter().enumerate().skip(start).take(n) {
+                match self.place(rule, k - start) {
                     Ok(p) => self.places.push(p),
                     Err(e) => {
                         refused.push((id, e.refusal(), reason_of(&e)));
@@ -729,6 +753,7 @@ impl<B: FlowOffload> OffloadManager<B> {
                     }
                 }
             }
+            self.scratch = scratch;
             if !placed {
                 self.scratch.truncate(start);
                 self.places.truncate(start);
@@ -913,36 +938,78 @@ fn age_of(dp: &Datapath, session: &crate::session::Session, id: SessionId) -> Ag
     }
 }
 
-/// What a session's rules are, group and AGE context aside.
+/// What a session's rules are, group and AGE context aside: what decides
+/// whether a new configuration changes them.
 fn fingerprint(rules: &[Rule]) -> u64 {
-    let mut h = FlowHasher::new(0x0052_554C_4553); // "RULES"
+    let mut h = WordHasher(0x0052_554C_4553); // "RULES"
     for r in rules {
-        let mut r = r.clone();
-        r.attr.group = 0;
-        for a in &mut r.actions {
-            if let Action::Age(age) = a {
-                age.context = 0;
+        h.write_u32(r.attr.priority);
+        h.write_u8(u8::from(r.attr.ingress) | (u8::from(r.attr.transfer) << 1));
+        core::hash::Hash::hash(&r.pattern, &mut h);
+        for a in &r.actions {
+            match a {
+                Action::Age(age) => {
+                    h.write_u8(0xA6);
+                    h.write_u32(age.timeout_s);
+                }
+                other => core::hash::Hash::hash(other, &mut h),
             }
         }
-        let mut words = WordHasher(0);
-        core::hash::Hash::hash(&r, &mut words);
-        h = h.word(words.0);
     }
     h.finish()
 }
 
-/// Folds what a `Hash` impl writes into one word.
+/// A multiply-rotate hasher that takes a word a step (no per-byte loop
+/// where a word will do): fingerprints are made for every session
+/// installed.
 struct WordHasher(u64);
+
+impl WordHasher {
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(23) ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 impl Hasher for WordHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 29)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x0100_0000_01B3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            if let Some(dst) = w.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
     }
 }
 
