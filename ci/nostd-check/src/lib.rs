@@ -14,7 +14,9 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use chaingate_fastpath::datapath::{Datapath, Options, Verdict};
-use chaingate_fastpath::offload::{ManagerOptions, OffloadManager, Outcome, SoftSwitch};
+use chaingate_fastpath::offload::{
+    ManagerOptions, Mlx5, OffloadManager, Outcome, Profile, SoftSwitch,
+};
 use chaingate_fastpath::wire::{FrameBuf, parse};
 use chaingate_shared::config::{PortRole, Uplink};
 use chaingate_shared::{Config, Generation, Nanos};
@@ -70,9 +72,9 @@ pub extern "C" fn chaingate_flow_hash(frame: &[u8; 128], len: usize) -> u64 {
 }
 
 /// A data path with two uplinks and no policies: everything bypasses.
-fn bypass_datapath() -> Option<(Datapath, chaingate_shared::PortId)> {
+fn bypass_datapath() -> Option<(Datapath, chaingate_shared::PortId, chaingate_shared::PortId)> {
     let mut b = Config::builder(Generation(1));
-    let (Ok(lan), Ok(_)) = (
+    let (Ok(lan), Ok(wan)) = (
         b.add_port("lan", PortRole::Uplink(Uplink::Lan)),
         b.add_port("wan", PortRole::Uplink(Uplink::Wan)),
     ) else {
@@ -84,26 +86,28 @@ fn bypass_datapath() -> Option<(Datapath, chaingate_shared::PortId)> {
         events: 64,
         ..Options::default()
     };
-    Some((Datapath::new(config, &options), lan))
+    Some((Datapath::new(config, &options), lan, wan))
 }
 
 /// Runs a frame through a bypass data path from lan: 1 when it is
 /// forwarded.
 #[unsafe(no_mangle)]
 pub extern "C" fn chaingate_bypass(frame: &[u8; 128], len: usize) -> u32 {
-    let Some((mut dp, lan)) = bypass_datapath() else { return 0 };
+    let Some((mut dp, lan, _)) = bypass_datapath() else { return 0 };
     let Some(frame) = frame.get(..len) else { return 0 };
     u32::from(matches!(dp.process(lan, frame, Nanos(0)), Verdict::Forward { .. }))
 }
 
-/// Runs a frame through a bypass data path whose sessions are offloaded to
-/// the software eSwitch: the first copy goes through the fast path, which
-/// installs the session's rules; the second copy must then leave the
-/// eSwitch by itself. Returns the number of rules installed, or 0.
+/// Runs a TCP SYN through a bypass data path whose sessions are offloaded
+/// to the software eSwitch (mlx5 profile): the SYN and its answer go
+/// through the fast path, which then installs the session's rules; the
+/// next copy of the frame must leave the eSwitch by itself. Returns the
+/// number of rules installed, or 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn chaingate_offload(frame: &[u8; 128], len: usize) -> u32 {
-    let Some((mut dp, lan)) = bypass_datapath() else { return 0 };
-    let mut mgr = OffloadManager::new(SoftSwitch::new(64), &dp, ManagerOptions::default());
+    let Some((mut dp, lan, wan)) = bypass_datapath() else { return 0 };
+    let backend = SoftSwitch::ready(64, Profile::Mlx5(Mlx5::default()));
+    let mut mgr = OffloadManager::new(backend, &dp, ManagerOptions::default());
     let mut copy = *frame;
     let Ok(mut buf) = FrameBuf::new(&mut copy, 0, len) else { return 0 };
     if mgr.backend_mut().process(lan, &mut buf, Nanos(0)) != Outcome::ToSoftware(lan) {
@@ -112,9 +116,28 @@ pub extern "C" fn chaingate_offload(frame: &[u8; 128], len: usize) -> u32 {
     if !matches!(dp.process(lan, buf.frame(), Nanos(0)), Verdict::Forward { .. }) {
         return 0;
     }
+    // The answer: addresses and ports swapped, SYN and ACK.
+    let mut answer = *frame;
+    answer.copy_within(26..30, 120);
+    answer.copy_within(30..34, 26);
+    answer.copy_within(120..124, 30);
+    answer.copy_within(34..36, 120);
+    answer.copy_within(36..38, 34);
+    answer.copy_within(120..122, 36);
+    if let Some(flags) = answer.get_mut(47) {
+        *flags = 0x12;
+    }
+    let Some(answer) = answer.get(..len) else { return 0 };
+    if !matches!(dp.process(wan, answer, Nanos(0)), Verdict::Forward { .. }) {
+        return 0;
+    }
     mgr.handle_events(&mut dp);
     let mut copy = *frame;
     let Ok(mut buf) = FrameBuf::new(&mut copy, 0, len) else { return 0 };
+    // An established connection's segment (ACK): by rule alone.
+    if let Some(flags) = buf.frame_mut().get_mut(47) {
+        *flags = 0x10;
+    }
     match mgr.backend_mut().process(lan, &mut buf, Nanos(1)) {
         Outcome::Out(_) => u32::try_from(mgr.stats().rules).unwrap_or(0),
         _ => 0,

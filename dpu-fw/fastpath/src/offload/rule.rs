@@ -215,6 +215,24 @@ impl Item {
         }
     }
 
+    /// True when `other` is of the same type with the same mask (what a
+    /// pattern template fixes), values aside.
+    #[must_use]
+    pub fn same_shape(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::RepresentedPort(_), Self::RepresentedPort(_)) => true,
+            (Self::Eth(a), Self::Eth(b)) => a.mask == b.mask,
+            (Self::Vlan(a), Self::Vlan(b)) => a.mask == b.mask,
+            (Self::Ipv4(a), Self::Ipv4(b)) => a.mask == b.mask,
+            (Self::Ipv6(a), Self::Ipv6(b)) => a.mask == b.mask,
+            (Self::Tcp(a), Self::Tcp(b)) => a.mask == b.mask,
+            (Self::Udp(a), Self::Udp(b)) => a.mask == b.mask,
+            (Self::Icmp(a), Self::Icmp(b)) => a.mask == b.mask,
+            (Self::Icmp6(a), Self::Icmp6(b)) => a.mask == b.mask,
+            _ => false,
+        }
+    }
+
     /// True when the spec sets no bit its mask leaves out.
     #[must_use]
     pub fn spec_within_mask(&self) -> bool {

@@ -152,7 +152,7 @@ impl TableSpec {
                 .pattern
                 .iter()
                 .zip(&rule.pattern)
-                .all(|(t, i)| *t == i.blank())
+                .all(|(t, i)| t.same_shape(i))
     }
 
     /// The index of the actions template `rule` follows in this table.
@@ -167,18 +167,19 @@ impl TableSpec {
             return Err(Misfit::Items);
         }
         for (t, i) in self.pattern.iter().zip(&rule.pattern) {
-            let blank = i.blank();
-            if core::mem::discriminant(t) != core::mem::discriminant(&blank) {
+            if core::mem::discriminant(t) != core::mem::discriminant(i) {
                 return Err(Misfit::Items);
             }
-            if *t != blank {
+            if !t.same_shape(i) {
                 return Err(Misfit::Mask);
             }
         }
-        let own = actions_template(rule);
         self.actions
             .iter()
-            .position(|t| *t == own)
+            .position(|t| {
+                t.len() == rule.actions.len()
+                    && t.iter().zip(&rule.actions).all(|(k, a)| *k == a.kind())
+            })
             .and_then(|p| u8::try_from(p).ok())
             .ok_or(Misfit::Actions)
     }
