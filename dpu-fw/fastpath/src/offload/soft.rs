@@ -412,21 +412,8 @@ impl Compiled {
                     c.l3_start(&mut l3, 6, saw_eth, vlans)?;
                     c.ipv6(s.spec, s.mask);
                 }
-                Item::Tcp(s) => {
-                    c.l4_start(&mut l4, l3, None, IpProtocol::Tcp)?;
-                    c.tcp(s.spec, s.mask);
-                }
-                Item::Udp(s) => {
-                    c.l4_start(&mut l4, l3, None, IpProtocol::Udp)?;
-                    c.udp(s.spec, s.mask);
-                }
-                Item::Icmp(s) => {
-                    c.l4_start(&mut l4, l3, Some(4), IpProtocol::Icmp)?;
-                    c.icmp(s.spec, s.mask);
-                }
-                Item::Icmp6(s) => {
-                    c.l4_start(&mut l4, l3, Some(6), IpProtocol::Icmpv6)?;
-                    c.icmp6(s.spec, s.mask);
+                Item::Tcp(_) | Item::Udp(_) | Item::Icmp(_) | Item::Icmp6(_) => {
+                    c.l4_item(item, &mut l4, l3)?;
                 }
             }
         }
@@ -479,25 +466,36 @@ impl Compiled {
                     c.field(FAMILY, 6, 0xFF);
                     c.ipv6(s.spec, s.mask);
                 }
-                Item::Tcp(s) => {
-                    c.l4_start(&mut l4, l3, None, IpProtocol::Tcp)?;
-                    c.tcp(s.spec, s.mask);
-                }
-                Item::Udp(s) => {
-                    c.l4_start(&mut l4, l3, None, IpProtocol::Udp)?;
-                    c.udp(s.spec, s.mask);
-                }
-                Item::Icmp(s) => {
-                    c.l4_start(&mut l4, l3, Some(4), IpProtocol::Icmp)?;
-                    c.icmp(s.spec, s.mask);
-                }
-                Item::Icmp6(s) => {
-                    c.l4_start(&mut l4, l3, Some(6), IpProtocol::Icmpv6)?;
-                    c.icmp6(s.spec, s.mask);
+                Item::Tcp(_) | Item::Udp(_) | Item::Icmp(_) | Item::Icmp6(_) => {
+                    c.l4_item(item, &mut l4, l3)?;
                 }
             }
         }
         Ok(c)
+    }
+
+    /// An L4 item (the same under both profiles).
+    fn l4_item(&mut self, item: &Item, l4: &mut bool, l3: Option<u8>) -> Result<(), OffloadError> {
+        match *item {
+            Item::Tcp(s) => {
+                self.l4_start(l4, l3, None, IpProtocol::Tcp)?;
+                self.tcp(s.spec, s.mask);
+            }
+            Item::Udp(s) => {
+                self.l4_start(l4, l3, None, IpProtocol::Udp)?;
+                self.udp(s.spec, s.mask);
+            }
+            Item::Icmp(s) => {
+                self.l4_start(l4, l3, Some(4), IpProtocol::Icmp)?;
+                self.icmp(s.spec, s.mask);
+            }
+            Item::Icmp6(s) => {
+                self.l4_start(l4, l3, Some(6), IpProtocol::Icmpv6)?;
+                self.icmp6(s.spec, s.mask);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn eth(&mut self, spec: EthFields, mask: EthFields) -> Result<(), OffloadError> {
@@ -1468,18 +1466,7 @@ impl FlowOffload for SoftSwitch {
             size,
             rules: 0,
         };
-        let slot = match self.templates.iter().position(Option::is_none) {
-            Some(i) => {
-                if let Some(s) = self.templates.get_mut(i) {
-                    *s = Some(template);
-                }
-                i
-            }
-            None => {
-                self.templates.push(Some(template));
-                self.templates.len() - 1
-            }
-        };
+        let slot = super::template::store(&mut self.templates, template);
         Ok(TableId(
             u32::try_from(slot).map_err(|_| OffloadError::Full)?,
         ))

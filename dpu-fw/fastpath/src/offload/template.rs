@@ -82,6 +82,23 @@ impl PortAttr {
     }
 }
 
+/// Puts `value` in the first free slot of `slots` (or a new one at the
+/// end) and returns its index: how backends number their tables.
+pub fn store<T>(slots: &mut alloc::vec::Vec<Option<T>>, value: T) -> usize {
+    match slots.iter().position(Option::is_none) {
+        Some(i) => {
+            if let Some(s) = slots.get_mut(i) {
+                *s = Some(value);
+            }
+            i
+        }
+        None => {
+            slots.push(Some(value));
+            slots.len() - 1
+        }
+    }
+}
+
 /// The actions template a rule follows.
 #[must_use]
 pub fn actions_template(rule: &Rule) -> ActionsTemplate {

@@ -822,18 +822,7 @@ impl FlowOffload for DpdkFlow {
             made,
             rules: 0,
         };
-        let i = match self.tables.iter().position(Option::is_none) {
-            Some(i) => {
-                if let Some(s) = self.tables.get_mut(i) {
-                    *s = Some(slot);
-                }
-                i
-            }
-            None => {
-                self.tables.push(Some(slot));
-                self.tables.len() - 1
-            }
-        };
+        let i = chaingate_fastpath::offload::template::store(&mut self.tables, slot);
         Ok(TableId(u32::try_from(i).unwrap_or(u32::MAX)))
     }
 
