@@ -253,11 +253,9 @@ impl Flow {
                 r.lo() + u16::try_from(step % span).unwrap_or(0)
             })
         };
-        let sport = in_range(m.src_ports, 1024, round).max(1);
-        let sport = if m.src_ports.is_none() {
-            1024 + u16::try_from(round % 60_000).unwrap_or(0)
-        } else {
-            sport
+        let sport = match m.src_ports {
+            None => 1024 + u16::try_from(round % 60_000).unwrap_or(0),
+            some => in_range(some, 1024, round).max(1),
         };
         let dport = in_range(
             m.dst_ports,

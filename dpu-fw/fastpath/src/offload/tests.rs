@@ -30,62 +30,38 @@ fn client(i: u32) -> Ipv4Addr {
     Ipv4Addr::from_bits(0x0A00_0000 + 2 + i)
 }
 
-fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+/// An IPv4 frame from `src` to `dst` with `l4` and `payload`.
+fn v4_frame(src: Ipv4Addr, dst: Ipv4Addr, l4: L4Spec, payload: &[u8]) -> Vec<u8> {
     let spec = FrameSpec {
         dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
         src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
         vlans: &[],
-        net: NetSpec::Ip(
-            IpSpec::V4 {
-                src: src.0,
-                dst: dst.0,
-                ttl: 64,
-                dscp: 0,
-                ident: 1,
-                frag: None,
-                options: &[],
-            },
-            L4Spec::Udp {
-                src_port: src.1,
-                dst_port: dst.1,
-            },
-        ),
-        payload: b"datagram",
+        net: NetSpec::Ip(IpSpec::v4(src, dst), l4),
+        payload,
     };
     let mut buf = vec![0u8; spec.len()];
     spec.build(&mut buf).unwrap();
     buf
 }
 
-fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: TcpFlags) -> Vec<u8> {
-    let spec = FrameSpec {
-        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        vlans: &[],
-        net: NetSpec::Ip(
-            IpSpec::V4 {
-                src: src.0,
-                dst: dst.0,
-                ttl: 64,
-                dscp: 0,
-                ident: 1,
-                frag: None,
-                options: &[],
-            },
-            L4Spec::Tcp(TcpRepr {
-                src_port: src.1,
-                dst_port: dst.1,
-                seq: 1,
-                ack: 1,
-                flags,
-                window: 1000,
-            }),
-        ),
-        payload: b"payload!",
+fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let l4 = L4Spec::Udp {
+        src_port: src.1,
+        dst_port: dst.1,
     };
-    let mut buf = vec![0u8; spec.len()];
-    spec.build(&mut buf).unwrap();
-    buf
+    v4_frame(src.0, dst.0, l4, b"datagram")
+}
+
+fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: TcpFlags) -> Vec<u8> {
+    let l4 = L4Spec::Tcp(TcpRepr {
+        src_port: src.1,
+        dst_port: dst.1,
+        seq: 1,
+        ack: 1,
+        flags,
+        window: 1000,
+    });
+    v4_frame(src.0, dst.0, l4, b"payload!")
 }
 
 /// A frame in a buffer with room for tags and outer headers.
