@@ -4,7 +4,7 @@
 //! A [`Config`] is only made by [`ConfigBuilder`], which checks every
 //! reference and bound as items are added and the whole at
 //! [`ConfigBuilder::build`]; an error names the field at fault, as in
-//! `instances[3].attachment.egress: port#1 is an uplink, not a VF`. Code
+//! `instances[3].attachment.egress: port#1 is not a VF`. Code
 //! that holds a `Config` does not check it again.
 //!
 //! Capacities are fixed (no allocation): see the `MAX_*` constants.
@@ -18,10 +18,11 @@
 //! returning packet is.
 
 use core::fmt;
+use core::net::Ipv4Addr;
 
 use heapless::Vec;
 
-use crate::ids::{ChainId, Generation, InstanceId, Name, NameError, PortId, ServiceId};
+use crate::ids::{ChainId, Generation, InstanceId, Name, NameError, PeerId, PortId, ServiceId};
 use crate::policy::{Policy, PolicyAction};
 use crate::{IpProtocol, VlanId};
 
@@ -39,6 +40,8 @@ pub const MAX_CHAINS: usize = 64;
 pub const MAX_HOPS: usize = 8;
 /// Most policies.
 pub const MAX_POLICIES: usize = 1024;
+/// Most peers (other DPUs reached over the underlay).
+pub const MAX_PEERS: usize = 16;
 /// Most segments (chain hops).
 pub const MAX_SEGMENTS: usize = MAX_CHAINS * MAX_HOPS;
 
@@ -116,6 +119,8 @@ pub enum PortRole {
     Uplink(Uplink),
     /// A VF representor, to which an instance attaches.
     Vf,
+    /// The port towards the other DPUs (see [`crate::underlay`]).
+    Underlay,
 }
 
 /// A switch port.
@@ -259,6 +264,15 @@ pub enum Attachment {
         /// Where lan-to-wan traffic leaves.
         egress: PortId,
     },
+    /// Behind another DPU, reached over the underlay.
+    Remote {
+        /// The DPU it is attached to.
+        peer: PeerId,
+        /// Its port on that DPU (see [`crate::underlay::Vni`]).
+        slot: u8,
+        /// This DPU's underlay port, where its traffic leaves and returns.
+        via: PortId,
+    },
 }
 
 impl Attachment {
@@ -266,7 +280,7 @@ impl Attachment {
     #[must_use]
     pub const fn entry(&self, travel: Travel) -> PortId {
         match (*self, travel) {
-            (Self::Single(p), _) => p,
+            (Self::Single(p) | Self::Remote { via: p, .. }, _) => p,
             (Self::Pair { ingress, .. }, Travel::ToWan) => ingress,
             (Self::Pair { egress, .. }, Travel::ToLan) => egress,
         }
@@ -278,10 +292,18 @@ impl Attachment {
         self.entry(travel.reverse())
     }
 
-    fn ports(&self) -> [PortId; 2] {
+    /// Whether the instance is behind another DPU.
+    #[must_use]
+    pub const fn is_remote(&self) -> bool {
+        matches!(self, Self::Remote { .. })
+    }
+
+    /// The VFs of a local instance (none for a remote one).
+    fn vfs(&self) -> Option<[PortId; 2]> {
         match *self {
-            Self::Single(p) => [p, p],
-            Self::Pair { ingress, egress } => [ingress, egress],
+            Self::Single(p) => Some([p, p]),
+            Self::Pair { ingress, egress } => Some([ingress, egress]),
+            Self::Remote { .. } => None,
         }
     }
 }
@@ -384,6 +406,54 @@ pub struct Segment {
     pub travel: Travel,
 }
 
+/// This DPU's end of the underlay.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Underlay {
+    /// The port ([`PortRole::Underlay`]).
+    pub port: PortId,
+    /// Its IPv4 address: the outer source of what it sends.
+    pub addr: Ipv4Addr,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// The largest IP packet the underlay carries; an inner frame must
+    /// fit in it with [`crate::underlay::IP_OVERHEAD`] bytes of outer
+    /// headers.
+    pub mtu: u16,
+}
+
+/// The default underlay MTU (a jumbo-frame underlay is the usual advice:
+/// 9000 leaves room for 1500-byte customer packets and more).
+pub const DEFAULT_UNDERLAY_MTU: u16 = 1500;
+
+/// Another DPU, reached over the underlay.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Peer {
+    name: Name,
+    addr: Ipv4Addr,
+    mac: [u8; 6],
+}
+
+impl Peer {
+    /// Its name (the host it serves).
+    #[must_use]
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// Its underlay address.
+    #[must_use]
+    pub const fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The MAC its underlay traffic is sent to (its own, or the underlay
+    /// router's).
+    #[must_use]
+    pub const fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
 /// The part of the configuration an error is in.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Section {
@@ -395,6 +465,8 @@ pub enum Section {
     Services,
     /// `instances[i]`.
     Instances,
+    /// `peers[i]`.
+    Peers,
     /// `chains[i]`.
     Chains,
     /// `policies[i]`.
@@ -452,6 +524,14 @@ pub enum ConfigErrorKind {
     PortsNeedProtocol,
     /// An IPv4 and an IPv6 prefix in one match.
     MixedFamilies,
+    /// A remote instance or a peer without an underlay.
+    NoUnderlay,
+    /// A second underlay port.
+    DuplicateUnderlay,
+    /// A peer that is not configured.
+    UnknownPeer(PeerId),
+    /// A port that is not the underlay port.
+    NotTheUnderlay(PortId),
     /// The segment tags do not fit below VLAN 4095.
     SegmentTagsExhausted {
         /// Tags needed.
@@ -470,7 +550,7 @@ impl fmt::Display for ConfigErrorKind {
             Self::UnknownPort(p) => write!(f, "{p} is not configured"),
             Self::UnknownService(s) => write!(f, "{s} is not configured"),
             Self::UnknownChain(c) => write!(f, "{c} is not configured"),
-            Self::NotAVf(p) => write!(f, "{p} is an uplink, not a VF"),
+            Self::NotAVf(p) => write!(f, "{p} is not a VF"),
             Self::PortInUse { port, by } => write!(f, "{port} is already attached to {by}"),
             Self::SamePortTwice(p) => write!(f, "{p} is both ingress and egress"),
             Self::OutOfRange { expected } => write!(f, "must be {expected}"),
@@ -485,8 +565,14 @@ impl fmt::Display for ConfigErrorKind {
             Self::MixedFamilies => f.write_str("source and destination are of different families"),
             Self::SegmentTagsExhausted { needed, base } => write!(
                 f,
-                "the chains need {needed} segment tags from VLAN {base}, past 4094"
+                "the chains need {needed} segment tags (two per hop, and as many again per peer) from VLAN {base}, past 4094"
             ),
+            Self::NoUnderlay => {
+                f.write_str("no underlay is configured (a port with role underlay and its address)")
+            }
+            Self::DuplicateUnderlay => f.write_str("a second underlay port"),
+            Self::UnknownPeer(p) => write!(f, "{p} is not configured"),
+            Self::NotTheUnderlay(p) => write!(f, "{p} is not the underlay port"),
         }
     }
 }
@@ -511,6 +597,7 @@ impl fmt::Display for ConfigError {
             Section::Ports => "ports",
             Section::Services => "services",
             Section::Instances => "instances",
+            Section::Peers => "peers",
             Section::Chains => "chains",
             Section::Policies => "policies",
         };
@@ -537,6 +624,8 @@ pub struct Config {
     chains: Vec<Chain, MAX_CHAINS>,
     policies: Vec<Policy, MAX_POLICIES>,
     default_action: PolicyAction,
+    underlay: Option<Underlay>,
+    peers: Vec<Peer, MAX_PEERS>,
     // Derived once at build.
     lan: PortId,
     wan: PortId,
@@ -562,6 +651,8 @@ impl Config {
                 chains: Vec::new(),
                 policies: Vec::new(),
                 default_action: PolicyAction::Bypass,
+                underlay: None,
+                peers: Vec::new(),
                 lan: PortId::from_index(0),
                 wan: PortId::from_index(0),
                 port_owner: [None; MAX_PORTS],
@@ -651,8 +742,105 @@ impl Config {
     pub fn uplink(&self, port: PortId) -> Option<Uplink> {
         match self.port(port)?.role {
             PortRole::Uplink(u) => Some(u),
-            PortRole::Vf => None,
+            PortRole::Vf | PortRole::Underlay => None,
         }
+    }
+
+    /// This DPU's end of the underlay, if it has one.
+    #[must_use]
+    pub const fn underlay(&self) -> Option<&Underlay> {
+        self.underlay.as_ref()
+    }
+
+    /// The other DPUs; a [`PeerId`] is an index here.
+    #[must_use]
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// A peer.
+    #[must_use]
+    pub fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(id.index())
+    }
+
+    /// The peer with this underlay address.
+    #[must_use]
+    pub fn peer_at(&self, addr: Ipv4Addr) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .position(|p| p.addr == addr)
+            .map(|n| PeerId::from_index(index_u16(n)))
+    }
+
+    /// The remote instance attached to `slot` behind `peer`.
+    #[must_use]
+    pub fn remote_instance(&self, peer: PeerId, slot: u8) -> Option<InstanceId> {
+        self.instances
+            .iter()
+            .position(|i| {
+                matches!(i.attachment, Attachment::Remote { peer: p, slot: s, .. } if p == peer && s == slot)
+            })
+            .map(|n| InstanceId::from_index(index_u16(n)))
+    }
+
+    /// Segment tags the chains use (two per hop).
+    fn segment_tags(&self) -> u16 {
+        index_u16(self.segment_chain.len() * 2)
+    }
+
+    /// The guest tag this DPU gives frames it delivers to a local instance
+    /// for `peer` on the segment tagged `segment` there (see
+    /// [`crate::underlay`]): one per (peer, segment), after the segment
+    /// tags.
+    #[must_use]
+    pub fn guest_tag(&self, peer: PeerId, segment: VlanId) -> Option<VlanId> {
+        self.peers.get(peer.index())?;
+        self.segment(segment)?;
+        let n = self.segment_tags();
+        let offset = segment.get() - self.segment_base.get();
+        let index = n + index_u16(peer.index()) * n + offset;
+        VlanId::new(self.segment_base.get().checked_add(index)?)
+    }
+
+    /// The (peer, segment tag) a guest tag stands for.
+    #[must_use]
+    pub fn guest(&self, tag: VlanId) -> Option<(PeerId, VlanId)> {
+        let n = self.segment_tags();
+        let index = tag.get().checked_sub(self.segment_base.get())?;
+        let beyond = index.checked_sub(n)?;
+        let peer = beyond / n.max(1);
+        self.peers.get(usize::from(peer))?;
+        let segment = VlanId::new(self.segment_base.get() + beyond % n.max(1))?;
+        Some((PeerId::from_index(peer), segment))
+    }
+
+    /// A fingerprint of what every DPU of a cluster must agree on for the
+    /// underlay's segment tags to mean the same: the first tag, and the
+    /// chains with their services, by name, in order. FNV-1a, the same on
+    /// every architecture.
+    #[must_use]
+    pub fn layout(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01B3);
+            }
+            h ^= 0xFF;
+            h = h.wrapping_mul(0x0000_0100_0000_01B3);
+        };
+        eat(&self.segment_base.get().to_be_bytes());
+        for chain in &self.chains {
+            eat(chain.name.as_str().as_bytes());
+            for s in chain.services() {
+                eat(self
+                    .services
+                    .get(s.index())
+                    .map_or(&[][..], |s| s.name().as_str().as_bytes()));
+            }
+        }
+        h
     }
 
     /// The instance a VF port belongs to.
@@ -800,13 +988,99 @@ impl ConfigBuilder {
                 ConfigErrorKind::DuplicateUplink(u),
             ));
         }
+        if role == PortRole::Underlay && c.ports.iter().any(|p| p.role == role) {
+            return Err(err(
+                Section::Ports,
+                index,
+                "role",
+                ConfigErrorKind::DuplicateUnderlay,
+            ));
+        }
         let id = PortId::from_index(push(&mut c.ports, Port { name, role }, Section::Ports)?);
         match role {
             PortRole::Uplink(Uplink::Lan) => c.lan = id,
             PortRole::Uplink(Uplink::Wan) => c.wan = id,
-            PortRole::Vf => {}
+            PortRole::Vf | PortRole::Underlay => {}
         }
         Ok(id)
+    }
+
+    /// Gives the underlay port (added with [`PortRole::Underlay`]) its
+    /// address, MAC and MTU.
+    ///
+    /// # Errors
+    /// No underlay port, or an MTU below 576 + the outer headers.
+    pub fn set_underlay(
+        &mut self,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+        mtu: u16,
+    ) -> Result<&mut Self, ConfigError> {
+        let c = &mut self.config;
+        let Some(n) = c.ports.iter().position(|p| p.role == PortRole::Underlay) else {
+            return Err(err(
+                Section::Config,
+                0,
+                "underlay",
+                ConfigErrorKind::NoUnderlay,
+            ));
+        };
+        if usize::from(mtu) < 576 + crate::underlay::IP_OVERHEAD {
+            return Err(err(
+                Section::Config,
+                0,
+                "underlay.mtu",
+                ConfigErrorKind::OutOfRange {
+                    expected: "at least 612 (576 and the outer headers)",
+                },
+            ));
+        }
+        c.underlay = Some(Underlay {
+            port: PortId::from_index(index_u16(n)),
+            addr,
+            mac,
+            mtu,
+        });
+        Ok(self)
+    }
+
+    /// Adds another DPU, reached over the underlay.
+    ///
+    /// # Errors
+    /// No underlay yet, a bad or duplicate name, this DPU's own or another
+    /// peer's address, or too many peers.
+    pub fn add_peer(
+        &mut self,
+        name: &str,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<PeerId, ConfigError> {
+        let c = &mut self.config;
+        let index = c.peers.len();
+        let name = checked_name(name, c.peers.iter().map(|p| &p.name), Section::Peers, index)?;
+        let Some(own) = c.underlay else {
+            return Err(err(
+                Section::Peers,
+                index,
+                "addr",
+                ConfigErrorKind::NoUnderlay,
+            ));
+        };
+        if addr == own.addr || c.peers.iter().any(|p| p.addr == addr) {
+            return Err(err(
+                Section::Peers,
+                index,
+                "addr",
+                ConfigErrorKind::OutOfRange {
+                    expected: "an address no other peer and not this DPU has",
+                },
+            ));
+        }
+        Ok(PeerId::from_index(push(
+            &mut c.peers,
+            Peer { name, addr, mac },
+            Section::Peers,
+        )?))
     }
 
     /// Adds a service.
@@ -908,7 +1182,26 @@ impl ConfigBuilder {
                 },
             ));
         }
+        if let Attachment::Remote { peer, slot, via } = attachment {
+            if c.peers.get(peer.index()).is_none() {
+                return Err(fail("attachment.peer", ConfigErrorKind::UnknownPeer(peer)));
+            }
+            if c.underlay.map(|u| u.port) != Some(via) {
+                return Err(fail("attachment.via", ConfigErrorKind::NotTheUnderlay(via)));
+            }
+            if c.instances.iter().any(|i| {
+                matches!(i.attachment, Attachment::Remote { peer: p, slot: s, .. } if p == peer && s == slot)
+            }) {
+                return Err(fail(
+                    "attachment.slot",
+                    ConfigErrorKind::OutOfRange {
+                        expected: "a slot no other instance of the peer has",
+                    },
+                ));
+            }
+        }
         let fields = match attachment {
+            Attachment::Remote { .. } => ["attachment.via", "attachment.via"],
             Attachment::Single(_) => ["attachment.port", "attachment.port"],
             Attachment::Pair { ingress, egress } => {
                 if ingress == egress {
@@ -920,10 +1213,10 @@ impl ConfigBuilder {
                 ["attachment.ingress", "attachment.egress"]
             }
         };
-        for (port, field) in attachment.ports().into_iter().zip(fields) {
+        for (port, field) in attachment.vfs().into_iter().flatten().zip(fields) {
             match c.ports.get(port.index()).map(|p| p.role) {
                 None => return Err(fail(field, ConfigErrorKind::UnknownPort(port))),
-                Some(PortRole::Uplink(_)) => {
+                Some(PortRole::Uplink(_) | PortRole::Underlay) => {
                     return Err(fail(field, ConfigErrorKind::NotAVf(port)));
                 }
                 Some(PortRole::Vf) => {}
@@ -940,7 +1233,7 @@ impl ConfigBuilder {
             weight,
         };
         let id = InstanceId::from_index(push(&mut c.instances, instance, Section::Instances)?);
-        for port in attachment.ports() {
+        for port in attachment.vfs().into_iter().flatten() {
             if let Some(owner) = c.port_owner.get_mut(port.index()) {
                 *owner = Some(id);
             }
@@ -1040,7 +1333,9 @@ impl ConfigBuilder {
                 ));
             }
         }
-        let needed: usize = c.chains.iter().map(|ch| ch.len() * 2).sum();
+        // Each peer has its own copy of the segment tags: the guest tags.
+        let needed: usize =
+            c.chains.iter().map(|ch| ch.len() * 2).sum::<usize>() * (1 + c.peers.len());
         let base = c.segment_base;
         if base.get() == 0 || usize::from(base.get()) + needed > 4095 {
             return Err(err(
@@ -1197,7 +1492,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "instances[0].attachment.port: port#0 is an uplink, not a VF"
+            "instances[0].attachment.port: port#0 is not a VF"
         );
         let e = b
             .add_instance(
@@ -1294,7 +1589,7 @@ mod tests {
         let e = b.build().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "segment_base: the chains need 16 segment tags from VLAN 4080, past 4094"
+            "segment_base: the chains need 16 segment tags (two per hop, and as many again per peer) from VLAN 4080, past 4094"
         );
     }
 
@@ -1318,5 +1613,185 @@ mod tests {
             (single.entry(Travel::ToLan), single.exit(Travel::ToLan)),
             (i, i)
         );
+    }
+
+    /// A config with an underlay, one peer and a remote firewall instance.
+    fn with_peer() -> (ConfigBuilder, PeerId, PortId, ServiceId) {
+        let mut b = Config::builder(Generation(1));
+        ports(&mut b);
+        let ul = b.add_port("ul", PortRole::Underlay).unwrap();
+        b.set_underlay(Ipv4Addr::new(10, 9, 0, 1), [2, 0, 0, 0, 0, 1], 9000)
+            .unwrap();
+        let peer = b
+            .add_peer("b", Ipv4Addr::new(10, 9, 0, 2), [2, 0, 0, 0, 0, 2])
+            .unwrap();
+        let fw = b
+            .add_service("firewall", 1_000_000, Scaling::default(), FailMode::Open)
+            .unwrap();
+        (b, peer, ul, fw)
+    }
+
+    #[test]
+    fn remote_instances_need_a_peer_and_the_underlay_port() {
+        let (mut b, peer, ul, fw) = with_peer();
+        let remote = |peer, slot, via| Attachment::Remote { peer, slot, via };
+        let r = b
+            .add_instance("fw-b", fw, remote(peer, 3, ul), InstanceState::Active, 1)
+            .unwrap();
+        let e = b
+            .add_instance(
+                "x",
+                fw,
+                remote(PeerId::from_index(4), 3, ul),
+                InstanceState::Active,
+                1,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instances[1].attachment.peer: peer#4 is not configured"
+        );
+        let e = b
+            .add_instance(
+                "x",
+                fw,
+                remote(peer, 4, PortId::from_index(2)),
+                InstanceState::Active,
+                1,
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instances[1].attachment.via: port#2 is not the underlay port"
+        );
+        let e = b
+            .add_instance("x", fw, remote(peer, 3, ul), InstanceState::Active, 1)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("instances[1].attachment.slot"),
+            "{e}"
+        );
+        // A VF can still be attached: the underlay port is nobody's.
+        b.add_instance(
+            "fw-a",
+            fw,
+            Attachment::Single(PortId::from_index(2)),
+            InstanceState::Active,
+            1,
+        )
+        .unwrap();
+        let e = b
+            .add_instance("y", fw, Attachment::Single(ul), InstanceState::Active, 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instances[2].attachment.port: port#4 is not a VF"
+        );
+        let c = b.build().unwrap();
+        assert_eq!(c.remote_instance(peer, 3), Some(r));
+        assert_eq!(c.remote_instance(peer, 4), None);
+        assert_eq!(c.port_owner(ul), None);
+        assert_eq!(c.instance(r).unwrap().attachment().entry(Travel::ToWan), ul);
+        assert_eq!(c.peer_at(Ipv4Addr::new(10, 9, 0, 2)), Some(peer));
+        assert_eq!(c.peer_at(Ipv4Addr::new(10, 9, 0, 1)), None);
+    }
+
+    #[test]
+    fn peers_and_underlay_are_checked() {
+        let mut b = Config::builder(Generation(1));
+        ports(&mut b);
+        let e = b
+            .add_peer("b", Ipv4Addr::new(10, 9, 0, 2), [0; 6])
+            .unwrap_err();
+        assert!(e.to_string().contains("no underlay is configured"), "{e}");
+        let e = b
+            .set_underlay(Ipv4Addr::new(10, 9, 0, 1), [0; 6], 9000)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("underlay: no underlay"), "{e}");
+        b.add_port("ul", PortRole::Underlay).unwrap();
+        let e = b.add_port("ul2", PortRole::Underlay).unwrap_err();
+        assert_eq!(e.to_string(), "ports[5].role: a second underlay port");
+        let e = b
+            .set_underlay(Ipv4Addr::new(10, 9, 0, 1), [0; 6], 600)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("underlay.mtu"), "{e}");
+        b.set_underlay(Ipv4Addr::new(10, 9, 0, 1), [0; 6], 1500)
+            .unwrap();
+        let e = b
+            .add_peer("self", Ipv4Addr::new(10, 9, 0, 1), [0; 6])
+            .unwrap_err();
+        assert!(e.to_string().starts_with("peers[0].addr"), "{e}");
+        b.add_peer("b", Ipv4Addr::new(10, 9, 0, 2), [0; 6]).unwrap();
+        let e = b
+            .add_peer("c", Ipv4Addr::new(10, 9, 0, 2), [0; 6])
+            .unwrap_err();
+        assert!(e.to_string().starts_with("peers[1].addr"), "{e}");
+    }
+
+    #[test]
+    fn guest_tags_follow_the_segment_tags_one_set_per_peer() {
+        let (mut b, peer, _, fw) = with_peer();
+        let c2 = b
+            .add_peer("c", Ipv4Addr::new(10, 9, 0, 3), [2, 0, 0, 0, 0, 3])
+            .unwrap();
+        b.add_chain("web", &[fw, fw]).unwrap();
+        let c = b.build().unwrap();
+        // Two hops: segment tags 2..=5; guests of b 6..=9, of c 10..=13.
+        let tag = |v| VlanId::new(v).unwrap();
+        assert_eq!(c.guest_tag(peer, tag(2)), Some(tag(6)));
+        assert_eq!(c.guest_tag(peer, tag(5)), Some(tag(9)));
+        assert_eq!(c.guest_tag(c2, tag(3)), Some(tag(11)));
+        assert_eq!(
+            c.guest_tag(peer, tag(6)),
+            None,
+            "a guest tag is not a segment"
+        );
+        assert_eq!(c.guest_tag(PeerId::from_index(2), tag(2)), None);
+        for t in 2..=5 {
+            for p in [peer, c2] {
+                let g = c.guest_tag(p, tag(t)).unwrap();
+                assert_eq!(c.guest(g), Some((p, tag(t))));
+                assert_eq!(c.segment(g), None, "guest tags never read as segments");
+            }
+            assert_eq!(c.guest(tag(t)), None);
+        }
+        assert_eq!(c.guest(tag(14)), None);
+    }
+
+    #[test]
+    fn guest_tags_count_against_the_vlan_space() {
+        let (mut b, _, _, fw) = with_peer();
+        b.segment_base(VlanId::new(4080).unwrap());
+        b.add_chain("web", &[fw, fw, fw, fw]).unwrap();
+        // 8 tags, and 8 more for the peer: 4080 + 16 > 4095.
+        let e = b.build().unwrap_err();
+        assert!(e.to_string().contains("need 16 segment tags"), "{e}");
+    }
+
+    #[test]
+    fn the_layout_fingerprint_covers_chains_and_the_first_tag_only() {
+        let make = |base: u16, order: bool, peer: bool| {
+            let mut b = Config::builder(Generation(1));
+            ports(&mut b);
+            if peer {
+                b.add_port("ul", PortRole::Underlay).unwrap();
+                b.set_underlay(Ipv4Addr::new(10, 9, 0, 1), [0; 6], 1500)
+                    .unwrap();
+                b.add_peer("b", Ipv4Addr::new(10, 9, 0, 2), [0; 6]).unwrap();
+            }
+            let fw = b
+                .add_service("fw", 1, Scaling::default(), FailMode::Open)
+                .unwrap();
+            let ids = b
+                .add_service("ids", 1, Scaling::default(), FailMode::Open)
+                .unwrap();
+            let hops = if order { [fw, ids] } else { [ids, fw] };
+            b.add_chain("web", &hops).unwrap();
+            b.segment_base(VlanId::new(base).unwrap());
+            b.build().unwrap().layout()
+        };
+        assert_eq!(make(2, true, false), make(2, true, true));
+        assert_ne!(make(2, true, false), make(2, false, false));
+        assert_ne!(make(2, true, false), make(3, true, false));
     }
 }

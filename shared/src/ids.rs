@@ -56,6 +56,11 @@ id!(
     ChainId,
     "chain"
 );
+id!(
+    /// Another DPU, reached over the underlay.
+    PeerId,
+    "peer"
+);
 
 /// The generation of a configuration: every applied configuration has a
 /// higher one than the one before.

@@ -30,8 +30,9 @@ pub mod ids;
 pub mod policy;
 pub mod telemetry;
 pub mod time;
+pub mod underlay;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
 pub use flow::{FlowDirection, FlowKey, IpProtocol, VlanId, VlanStack, VlanStackFull};
-pub use ids::{ChainId, Generation, InstanceId, Name, PortId, ServiceId};
+pub use ids::{ChainId, Generation, InstanceId, Name, PeerId, PortId, ServiceId};
 pub use time::Nanos;
