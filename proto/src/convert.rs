@@ -13,12 +13,12 @@ use std::fmt;
 use std::net::IpAddr;
 
 use chaingate_shared::config::{
-    Attachment, ConfigErrorKind, FailMode, InstanceState, Permille, PortRole, Scaling, Section,
-    Uplink,
+    Attachment, ConfigErrorKind, DEFAULT_UNDERLAY_MTU, FailMode, InstanceState, Permille, PortRole,
+    Scaling, Section, Uplink,
 };
 use chaingate_shared::policy::{Dscp, IpPrefix, Match, Policy, PolicyAction, PortRange};
 use chaingate_shared::{
-    ChainId, Config, ConfigError, Generation, IpProtocol, PortId, ServiceId, VlanId,
+    ChainId, Config, ConfigError, Generation, IpProtocol, PeerId, PortId, ServiceId, VlanId,
 };
 
 use crate::dpu;
@@ -57,6 +57,7 @@ struct Names<'a> {
     ports: HashMap<&'a str, PortId>,
     services: HashMap<&'a str, ServiceId>,
     chains: HashMap<&'a str, ChainId>,
+    peers: HashMap<&'a str, PeerId>,
     port_names: Vec<&'a str>,
     instance_names: Vec<&'a str>,
 }
@@ -69,6 +70,7 @@ impl Names<'_> {
             Section::Ports => "ports",
             Section::Services => "services",
             Section::Instances => "instances",
+            Section::Peers => "peers",
             Section::Chains => "chains",
             Section::Policies => "policies",
         };
@@ -88,7 +90,7 @@ impl Names<'_> {
                 port(p),
                 self.instance_names.get(by.index()).unwrap_or(&"?")
             ),
-            ConfigErrorKind::NotAVf(p) => format!("{} is an uplink, not a VF", port(p)),
+            ConfigErrorKind::NotAVf(p) => format!("{} is not a VF", port(p)),
             ConfigErrorKind::SamePortTwice(p) => format!("{} is both ingress and egress", port(p)),
             kind => kind.to_string(),
         };
@@ -112,16 +114,36 @@ impl TryFrom<&dpu::Config> for Config {
                 dpu::PortRole::Lan => PortRole::Uplink(Uplink::Lan),
                 dpu::PortRole::Wan => PortRole::Uplink(Uplink::Wan),
                 dpu::PortRole::Vf => PortRole::Vf,
+                dpu::PortRole::Underlay => PortRole::Underlay,
                 dpu::PortRole::Unspecified => {
                     return Err(ConvertError::new(
                         format!("ports[{i}].role"),
-                        "must be lan, wan or vf",
+                        "must be lan, wan, vf or underlay",
                     ));
                 }
             };
             let id = b.add_port(&p.name, role).map_err(|e| names.describe(&e))?;
             names.ports.insert(&p.name, id);
             names.port_names.push(&p.name);
+        }
+        if let Some(u) = &msg.underlay {
+            let addr = ipv4(&u.address, "underlay.address")?;
+            let mac = mac(&u.mac, "underlay.mac")?;
+            let mtu = match u.mtu {
+                0 => DEFAULT_UNDERLAY_MTU,
+                m => u16::try_from(m)
+                    .map_err(|_| ConvertError::new("underlay.mtu", "must be 612 to 65535"))?,
+            };
+            b.set_underlay(addr, mac, mtu)
+                .map_err(|e| names.describe(&e))?;
+        }
+        for (i, p) in msg.peers.iter().enumerate() {
+            let addr = ipv4(&p.address, &format!("peers[{i}].address"))?;
+            let mac = mac(&p.mac, &format!("peers[{i}].mac"))?;
+            let id = b
+                .add_peer(&p.name, addr, mac)
+                .map_err(|e| names.describe(&e))?;
+            names.peers.insert(&p.name, id);
         }
         for (i, s) in msg.services.iter().enumerate() {
             let at = |field: &str| format!("services[{i}].{field}");
@@ -164,6 +186,27 @@ impl TryFrom<&dpu::Config> for Config {
                     ingress: port("attachment.ingress", &pair.ingress)?,
                     egress: port("attachment.egress", &pair.egress)?,
                 },
+                Some(dpu::instance::Attachment::Remote(r)) => {
+                    let peer = *names.peers.get(r.peer.as_str()).ok_or_else(|| {
+                        ConvertError::new(at("attachment.remote.peer"), no_such("peer", &r.peer))
+                    })?;
+                    let slot = u8::try_from(r.slot).map_err(|_| {
+                        ConvertError::new(at("attachment.remote.slot"), "must be 0 to 255")
+                    })?;
+                    let via = msg
+                        .ports
+                        .iter()
+                        .position(|p| p.role == dpu::PortRole::Underlay as i32)
+                        .and_then(|n| u16::try_from(n).ok())
+                        .map(PortId::from_index)
+                        .ok_or_else(|| {
+                            ConvertError::new(
+                                at("attachment.remote"),
+                                "a remote instance needs a port with role underlay",
+                            )
+                        })?;
+                    Attachment::Remote { peer, slot, via }
+                }
             };
             let state = instance_state(inst.state, || at("state"))?;
             let weight = match inst.weight {
@@ -230,6 +273,34 @@ impl TryFrom<dpu::Config> for Config {
     fn try_from(msg: dpu::Config) -> Result<Self, ConvertError> {
         Self::try_from(&msg)
     }
+}
+
+/// An IPv4 address, dotted.
+fn ipv4(text: &str, path: &str) -> Result<std::net::Ipv4Addr, ConvertError> {
+    text.parse()
+        .map_err(|_| ConvertError::new(path, format!("\"{text}\" is not an IPv4 address")))
+}
+
+/// A MAC address, six hex bytes separated by colons.
+pub fn mac(text: &str, path: &str) -> Result<[u8; 6], ConvertError> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut out {
+        *b = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| {
+                ConvertError::new(path, format!("\"{text}\" is not a MAC (aa:bb:cc:dd:ee:ff)"))
+            })?;
+    }
+    if parts.next().is_some() {
+        return Err(ConvertError::new(
+            path,
+            format!("\"{text}\" is not a MAC (aa:bb:cc:dd:ee:ff)"),
+        ));
+    }
+    Ok(out)
 }
 
 /// A VLAN id a frame can carry (0 means untagged, 4095 is reserved).

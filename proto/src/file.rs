@@ -93,6 +93,48 @@ pub struct GatewayFile {
     /// Policies.
     #[serde(default)]
     pub policies: Vec<PolicyFile>,
+    /// This DPU's end of the underlay between DPUs.
+    #[serde(default)]
+    pub underlay: Option<UnderlayFile>,
+    /// The other DPUs.
+    #[serde(default)]
+    pub peers: Vec<PeerFile>,
+}
+
+/// This DPU's end of the underlay (the port is the one with role
+/// `underlay`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayFile {
+    /// IPv4 address.
+    pub address: String,
+    /// MAC address.
+    pub mac: String,
+    /// Largest IP packet the underlay carries (default 1500).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+/// Another DPU.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// The host it serves.
+    pub name: String,
+    /// Its underlay IPv4 address.
+    pub address: String,
+    /// Where its underlay traffic goes.
+    pub mac: String,
+}
+
+/// An instance behind another DPU.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    /// The peer's name.
+    pub peer: String,
+    /// The instance's port index on that DPU.
+    pub slot: u32,
 }
 
 /// A port's role.
@@ -105,6 +147,8 @@ pub enum RoleFile {
     Wan,
     /// A VF (representor).
     Vf,
+    /// Towards the other DPUs.
+    Underlay,
 }
 
 /// A port.
@@ -244,6 +288,9 @@ pub struct InstanceFile {
     /// Where it leaves a pair.
     #[serde(default)]
     pub egress: Option<String>,
+    /// Behind another DPU.
+    #[serde(default)]
+    pub remote: Option<RemoteFile>,
     /// Its state.
     #[serde(default)]
     pub state: StateFile,
@@ -399,6 +446,7 @@ impl GatewayFile {
                         RoleFile::Lan => dpu::PortRole::Lan,
                         RoleFile::Wan => dpu::PortRole::Wan,
                         RoleFile::Vf => dpu::PortRole::Vf,
+                        RoleFile::Underlay => dpu::PortRole::Underlay,
                     }
                     .into(),
                 })
@@ -424,6 +472,20 @@ impl GatewayFile {
                 .collect(),
             default_action: self.default_action.as_ref().map(ActionFile::to_proto),
             segment_base: self.segment_base.map_or(0, u32::from),
+            underlay: self.underlay.as_ref().map(|u| dpu::Underlay {
+                address: u.address.clone(),
+                mac: u.mac.clone(),
+                mtu: u.mtu.map_or(0, u32::from),
+            }),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| dpu::Peer {
+                    name: p.name.clone(),
+                    address: p.address.clone(),
+                    mac: p.mac.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -457,6 +519,12 @@ impl InstanceFile {
         use dpu::instance::Attachment;
         // Both forms at once is refused by `load`; here the port wins.
         let attachment = match (&self.port, &self.ingress, &self.egress) {
+            _ if self.remote.is_some() => self.remote.as_ref().map(|r| {
+                Attachment::Remote(dpu::RemoteAttachment {
+                    peer: r.peer.clone(),
+                    slot: r.slot,
+                })
+            }),
             (Some(p), _, _) => Some(Attachment::Port(p.clone())),
             (None, None, None) => None,
             (None, i, e) => Some(Attachment::Pair(dpu::PortPair {
@@ -531,10 +599,15 @@ pub fn load(text: &str, generation: u64) -> Result<(GatewayFile, dpu::Config), F
 /// [`FileError::Invalid`], with the path in the file's terms.
 pub fn validate(file: &GatewayFile, generation: u64) -> Result<dpu::Config, FileError> {
     for (i, inst) in file.instances.iter().enumerate() {
-        if inst.port.is_some() && (inst.ingress.is_some() || inst.egress.is_some()) {
+        let forms = [
+            inst.port.is_some(),
+            inst.ingress.is_some() || inst.egress.is_some(),
+            inst.remote.is_some(),
+        ];
+        if forms.iter().filter(|f| **f).count() > 1 {
             return Err(FileError::Invalid(ConvertError {
                 path: format!("instances[{i}]"),
-                message: "give either port or ingress and egress, not both".into(),
+                message: "give one of port, ingress and egress, or remote".into(),
             }));
         }
     }
@@ -545,10 +618,15 @@ pub fn validate(file: &GatewayFile, generation: u64) -> Result<dpu::Config, File
 
 /// Rewrites a message field path into the file's field names.
 fn in_file_terms(mut e: ConvertError) -> ConvertError {
-    const RENAMES: [(&str, &str); 9] = [
+    const RENAMES: [(&str, &str); 14] = [
+        (".attachment.remote.peer", ".remote.peer"),
+        (".attachment.remote.slot", ".remote.slot"),
+        (".attachment.remote", ".remote"),
+        (".attachment.peer", ".remote.peer"),
         (".attachment.port", ".port"),
         (".attachment.ingress", ".ingress"),
         (".attachment.egress", ".egress"),
+        (".attachment.slot", ".remote.slot"),
         (".attachment", ".port"),
         (".capacity_bps", ".capacity"),
         (".scaling.min_instances", ".scaling.min"),

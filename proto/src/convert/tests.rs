@@ -42,6 +42,8 @@ fn chain_action(name: &str) -> dpu::PolicyAction {
 fn valid() -> dpu::Config {
     dpu::Config {
         generation: 3,
+        underlay: None,
+        peers: vec![],
         ports: vec![
             port("lan", dpu::PortRole::Lan),
             port("wan", dpu::PortRole::Wan),
@@ -114,7 +116,7 @@ fn every_mistake_names_its_field() {
     let cases: Vec<(Mutation, &str)> = vec![
         (
             |m| m.ports[2].role = 0,
-            "ports[2].role: must be lan, wan or vf",
+            "ports[2].role: must be lan, wan, vf or underlay",
         ),
         (|m| m.ports[2].role = 9, "ports[2].role: unknown value 9"),
         (
@@ -155,7 +157,7 @@ fn every_mistake_names_its_field() {
         ),
         (
             |m| m.instances[0].attachment = Some(PbAttachment::Port("lan".into())),
-            "instances[0].attachment.port: port \"lan\" is an uplink, not a VF",
+            "instances[0].attachment.port: port \"lan\" is not a VF",
         ),
         (
             |m| m.instances[1].attachment = Some(PbAttachment::Port("vf0".into())),
@@ -235,7 +237,7 @@ fn every_mistake_names_its_field() {
         (|m| m.segment_base = 4095, "segment_base: must be 1 to 4094"),
         (
             |m| m.segment_base = 4092,
-            "segment_base: the chains need 4 segment tags from VLAN 4092",
+            "segment_base: the chains need 4 segment tags (two per hop, and as many again per peer) from VLAN 4092",
         ),
     ];
     for (n, (mutate, expected)) in cases.into_iter().enumerate() {
@@ -301,6 +303,8 @@ prop_compose! {
     ) -> dpu::Config {
         dpu::Config {
             generation,
+            underlay: None,
+            peers: vec![],
             ports: ports.into_iter().map(|(name, role)| dpu::Port { name, role }).collect(),
             services: services.into_iter().map(|(name, capacity_bps, sc, fail)| dpu::Service {
                 name,
@@ -376,5 +380,85 @@ proptest! {
         let e = Config::try_from(&m).unwrap_err();
         prop_assert_eq!(e.path, path);
         prop_assert!(e.message.contains(&name));
+    }
+}
+
+#[test]
+fn an_underlay_with_peers_and_remote_instances_converts() {
+    let mut m = valid();
+    m.ports.push(port("ul", dpu::PortRole::Underlay));
+    m.underlay = Some(dpu::Underlay {
+        address: "10.9.0.1".into(),
+        mac: "02:00:00:09:00:01".into(),
+        mtu: 9000,
+    });
+    m.peers.push(dpu::Peer {
+        name: "b".into(),
+        address: "10.9.0.2".into(),
+        mac: "02:00:00:09:00:02".into(),
+    });
+    m.instances.push(dpu::Instance {
+        attachment: Some(PbAttachment::Remote(dpu::RemoteAttachment {
+            peer: "b".into(),
+            slot: 4,
+        })),
+        ..instance("fw-b", "fw", "")
+    });
+    let c = Config::try_from(&m).unwrap();
+    let u = c.underlay().unwrap();
+    assert_eq!((u.addr.to_string(), u.mtu), ("10.9.0.1".into(), 9000));
+    assert_eq!(u.mac, [2, 0, 0, 9, 0, 1]);
+    assert_eq!(c.peers()[0].mac(), [2, 0, 0, 9, 0, 2]);
+    let remote = c
+        .instances()
+        .iter()
+        .find(|i| i.name().as_str() == "fw-b")
+        .unwrap();
+    assert!(remote.attachment().is_remote());
+
+    for (change, path, message) in [
+        (
+            (|m: &mut dpu::Config| m.peers[0].mac = "02:00:00:09:00".into())
+                as fn(&mut dpu::Config),
+            "peers[0].mac",
+            "\"02:00:00:09:00\" is not a MAC (aa:bb:cc:dd:ee:ff)",
+        ),
+        (
+            |m| m.underlay.as_mut().unwrap().address = "10.9.0".into(),
+            "underlay.address",
+            "\"10.9.0\" is not an IPv4 address",
+        ),
+        (
+            |m| {
+                if let Some(PbAttachment::Remote(r)) = &mut m.instances[2].attachment {
+                    r.peer = "c".into();
+                }
+            },
+            "instances[2].attachment.remote.peer",
+            "no peer named \"c\"",
+        ),
+        (
+            |m| {
+                if let Some(PbAttachment::Remote(r)) = &mut m.instances[2].attachment {
+                    r.slot = 256;
+                }
+            },
+            "instances[2].attachment.remote.slot",
+            "must be 0 to 255",
+        ),
+        (
+            |m| m.ports.retain(|p| p.name != "ul"),
+            "underlay",
+            "no underlay is configured (a port with role underlay and its address)",
+        ),
+    ] {
+        let mut bad = m.clone();
+        change(&mut bad);
+        let e = Config::try_from(&bad).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            (path, message),
+            "{e}"
+        );
     }
 }

@@ -144,7 +144,7 @@ fn unknown_fields_and_bad_values_name_their_path() {
         (
             GOOD.replace("port: vf0", "port: vf0, ingress: vf1"),
             "instances[0]",
-            "either port or ingress and egress",
+            "one of port, ingress and egress, or remote",
         ),
         (
             GOOD.replace(
