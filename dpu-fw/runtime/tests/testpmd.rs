@@ -11,11 +11,24 @@
 //! parser took the keyword and the number). The same line with `count` in
 //! its place must then reach the driver, which checks the rest of it.
 //!
+//! A VXLAN encapsulation is a `set vxlan` line before its rule. testpmd
+//! answers nothing to it, parsed or not (it only stores the headers for
+//! the next `vxlan_encap`), so here only the rule after it is checked;
+//! the line's words are those of testpmd's `set vxlan` help.
+//!
 //! Needs `dpdk-testpmd` (Debian's `dpdk` package, which ci/test installs)
 //! and root; steps aside without them unless CHAINGATE_REQUIRE_DPDK is set.
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
+
+use chaingate_fastpath::offload::rule::{
+    EthFields, Ipv4Fields, Spec, TcpFields, UdpFields, VlanFields, VxlanFields,
+};
+use chaingate_fastpath::offload::testpmd::{Names, write_rule};
+use chaingate_fastpath::offload::{Action, CounterId, EncapId, Item, Rule, VxlanTunnel};
+use chaingate_fastpath::wire::EthernetAddress;
+use chaingate_shared::{PortId, VlanId};
 
 fn dpu_fw(args: &[&str]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dpu-fw"))
@@ -53,6 +66,143 @@ policies:
   - { priority: 10, action: { chain: web } }
 ";
 
+/// The rules of a chain hop to a service instance behind another DPU
+/// over a VXLAN underlay (port 0 the underlay, 1 and 2 VFs), as the fast
+/// path prints them: (a) into a remote instance, (b) a session coming back
+/// from one (eight items), (c) out to one.
+fn vxlan_shapes() -> Vec<String> {
+    let v4 = |src: u32, dst: u32| {
+        Item::Ipv4(Spec::new(
+            Ipv4Fields {
+                src,
+                dst,
+                ..Ipv4Fields::default()
+            },
+            Ipv4Fields {
+                src: u32::MAX,
+                dst: u32::MAX,
+                ..Ipv4Fields::default()
+            },
+        ))
+    };
+    let tcp = Item::Tcp(Spec::new(
+        TcpFields {
+            src_port: 40_000,
+            dst_port: 443,
+            flags: 0,
+        },
+        TcpFields {
+            src_port: 0xFFFF,
+            dst_port: 0xFFFF,
+            flags: 0x07,
+        },
+    ));
+    let from_peer = [
+        Item::RepresentedPort(PortId::from_index(0)),
+        Item::Eth(Spec::default()),
+        v4(0xC0A8_0001, 0xC0A8_0002),
+        Item::Udp(Spec::new(
+            UdpFields {
+                src_port: 0,
+                dst_port: 4789,
+            },
+            UdpFields {
+                src_port: 0,
+                dst_port: 0xFFFF,
+            },
+        )),
+        Item::Vxlan(VxlanFields::exactly(100)),
+    ];
+    let flow = [
+        Item::Eth(Spec::default()),
+        v4(0x0A00_0001, 0xC633_6401),
+        tcp,
+    ];
+    let vid = |v| Action::OfSetVlanVid(VlanId::new(v).unwrap());
+    let rule = |items: &[Item], actions: &[Action]| {
+        let mut r = Rule::transfer(1, 1);
+        for i in items {
+            r.item(*i).unwrap();
+        }
+        for a in actions {
+            r.action(*a).unwrap();
+        }
+        r
+    };
+    let a = rule(
+        &from_peer,
+        &[
+            Action::VxlanDecap,
+            Action::OfPushVlan(0x8100),
+            vid(7),
+            Action::RepresentedPort(PortId::from_index(1)),
+        ],
+    );
+    let b_items: Vec<Item> = from_peer.iter().chain(&flow).copied().collect();
+    let b = rule(
+        &b_items,
+        &[
+            Action::VxlanDecap,
+            Action::SharedCount(CounterId(1)),
+            Action::OfPushVlan(0x8100),
+            vid(9),
+            Action::RepresentedPort(PortId::from_index(2)),
+        ],
+    );
+    let tagged = |has_vlan| EthFields {
+        has_vlan,
+        ..EthFields::default()
+    };
+    let c_items = [
+        Item::RepresentedPort(PortId::from_index(2)),
+        Item::Eth(Spec::new(tagged(true), tagged(true))),
+        Item::Vlan(Spec::new(
+            VlanFields {
+                tci: 9,
+                inner_type: 0x0800,
+                has_more_vlan: false,
+            },
+            VlanFields {
+                tci: 0x0FFF,
+                inner_type: 0xFFFF,
+                has_more_vlan: false,
+            },
+        )),
+        v4(0x0A00_0001, 0xC633_6401),
+        tcp,
+    ];
+    let c = rule(
+        &c_items,
+        &[
+            Action::OfPopVlan,
+            Action::Count,
+            Action::VxlanEncap(EncapId(0)),
+            Action::RepresentedPort(PortId::from_index(0)),
+        ],
+    );
+    let port = |p: PortId| u16::try_from(p.index()).unwrap();
+    let encap = |_| {
+        Some(VxlanTunnel {
+            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            src_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src: 0xC0A8_0002,
+            dst: 0xC0A8_0001,
+            src_port: 49_152,
+            vni: 200,
+            ttl: 64,
+        })
+    };
+    let names = Names {
+        port: &port,
+        encap: &encap,
+    };
+    let mut out = String::new();
+    for r in [a, b, c] {
+        write_rule(&mut out, &r, &names).unwrap();
+    }
+    out.lines().map(str::to_owned).collect()
+}
+
 /// What testpmd must print for each line, in order.
 enum Expect {
     /// The driver's refusal: the line parsed.
@@ -88,6 +238,13 @@ fn replay(testpmd: &str, lines: &[String]) {
     let mut file = String::new();
     let mut expect = Vec::new();
     for line in lines {
+        if line.starts_with("set ") {
+            // `set vxlan ...` stores the headers of the next vxlan_encap
+            // and answers nothing either way.
+            file.push_str(line);
+            file.push('\n');
+            continue;
+        }
         let indirect = line
             .split_once(" indirect ")
             .and_then(|(_, rest)| rest.split(' ').next()?.parse::<u32>().ok());
@@ -187,6 +344,7 @@ fn every_printed_rule_is_a_command_testpmd_parses() {
         .lines()
         .chain(shapes.lines())
         .map(str::to_owned)
+        .chain(vxlan_shapes())
         .collect();
     for needle in [
         "flow indirect_action 0 create",
@@ -198,6 +356,10 @@ fn every_printed_rule_is_a_command_testpmd_parses() {
         "actions age timeout 30 / drop",
         "vlan tci spec 0xa tci mask 0xfff",
         "ipv4 src is 10.0.0.1 dst is 198.51.100.1 proto is 47",
+        "udp dst is 4789 / vxlan vni is 100 / end actions vxlan_decap / of_push_vlan",
+        "vxlan vni is 100 / eth / ipv4 src is 10.0.0.1 dst is 198.51.100.1 / tcp src is 40000",
+        "set vxlan ip-version ipv4 vni 200",
+        "of_pop_vlan / count / vxlan_encap / represented_port ethdev_port_id 0",
     ] {
         assert!(
             lines.iter().any(|l| l.contains(needle)),

@@ -23,6 +23,13 @@
 //! - [`Item::Icmp`]: type, code, echo identifier and sequence.
 //! - [`Item::Icmp6`]: type and code (DPDK 22.11 has no ICMPv6 echo
 //!   identifier item).
+//! - [`Item::Vxlan`]: a VXLAN header (RFC 7348) after the outer UDP
+//!   header: its 24-bit VNI. As in rte_flow, the items after it describe
+//!   the frame inside the tunnel (inner ETH, IPv4, TCP/UDP), and the items
+//!   before it the outer headers; a pattern without it matches a VXLAN
+//!   frame on its outer headers only. VXLAN is UDP port 4789 (the port
+//!   the eSwitch and the card parse as VXLAN; a UDP item naming another
+//!   destination port before it is refused).
 //!
 //! Actions (rte_flow_action_*), in order:
 //! - fates, exactly one per rule: [`Action::RepresentedPort`] (out of the
@@ -36,14 +43,19 @@
 //! - [`Action::SetMacSrc`], [`Action::SetMacDst`];
 //! - [`Action::Count`] counts the rule's own hits; [`Action::SharedCount`]
 //!   counts into an indirect counter that several rules share (a rule has
-//!   at most one of them: one counter per rule);
+//!   at most one of them: one counter per rule); both count the frame as
+//!   it matched, before any action (a decapsulating rule counts the outer
+//!   headers' bytes, as mlx5 does: its counter runs first);
 //! - [`Action::Age`] reports the rule once no packet matched it for its
 //!   timeout (`rte_flow_action_age`, aged flows pulled from the port);
 //! - [`Action::VxlanEncap`] / [`Action::VxlanDecap`] add or strip outer
 //!   Ethernet/IPv4/UDP/VXLAN headers. The outer headers are defined once
 //!   with the backend ([`super::FlowOffload::create_encap`]) and named by
 //!   an [`EncapId`], as rte_flow's indirect actions are, so that a rule
-//!   stays small.
+//!   stays small. A rule that decapsulates must match the tunnel with an
+//!   [`Item::Vxlan`] (rte_flow: "the flow items pattern ... must define a
+//!   valid VXLAN tunnel"); the actions after the decap apply to the inner
+//!   frame (a push tags the inner frame).
 //!
 //! Attributes: group (group 0 is evaluated first; `Jump` moves on),
 //! priority (lower value wins; rte_flow leaves the order of overlapping
@@ -170,6 +182,32 @@ pub struct Icmp6Fields {
     pub code: u8,
 }
 
+/// VXLAN header fields (`rte_flow_item_vxlan`'s VNI; its flags and
+/// reserved bits are not matched: mlx5 needs none of them, and
+/// dpdk-testpmd 22.11 cannot spell the flags).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct VxlanFields {
+    /// VXLAN network identifier (24 bits; a value or mask above is
+    /// refused).
+    pub vni: u32,
+}
+
+impl VxlanFields {
+    /// The mask of the whole VNI.
+    pub const VNI_MASK: u32 = 0x00FF_FFFF;
+
+    /// The spec of exactly `vni` (whole mask).
+    #[must_use]
+    pub const fn exactly(vni: u32) -> Spec<Self> {
+        Spec {
+            spec: Self { vni },
+            mask: Self {
+                vni: Self::VNI_MASK,
+            },
+        }
+    }
+}
+
 /// A pattern item.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Item {
@@ -191,6 +229,8 @@ pub enum Item {
     Icmp(Spec<IcmpFields>),
     /// ICMPv6.
     Icmp6(Spec<Icmp6Fields>),
+    /// VXLAN: the items after it are the inner frame's.
+    Vxlan(Spec<VxlanFields>),
 }
 
 impl Item {
@@ -212,6 +252,7 @@ impl Item {
             Self::Udp(s) => Self::Udp(mask_only(s)),
             Self::Icmp(s) => Self::Icmp(mask_only(s)),
             Self::Icmp6(s) => Self::Icmp6(mask_only(s)),
+            Self::Vxlan(s) => Self::Vxlan(mask_only(s)),
         }
     }
 
@@ -229,6 +270,7 @@ impl Item {
             (Self::Udp(a), Self::Udp(b)) => a.mask == b.mask,
             (Self::Icmp(a), Self::Icmp(b)) => a.mask == b.mask,
             (Self::Icmp6(a), Self::Icmp6(b)) => a.mask == b.mask,
+            (Self::Vxlan(a), Self::Vxlan(b)) => a.mask == b.mask,
             _ => false,
         }
     }
@@ -286,6 +328,7 @@ impl Item {
                 let (v, m) = (&s.spec, &s.mask);
                 v.ty & !m.ty == 0 && v.code & !m.code == 0
             }
+            Self::Vxlan(s) => s.spec.vni & !s.mask.vni == 0,
         }
     }
 }

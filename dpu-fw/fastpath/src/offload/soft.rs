@@ -11,6 +11,14 @@
 //! masks (a handful: the rule generator uses a few shapes), not the number
 //! of rules.
 //!
+//! A VXLAN frame (UDP 4789, as the wire parser takes it) is reduced to its
+//! outer headers, as any frame, plus its VNI and the inner headers a
+//! pattern can name after a VXLAN item (inner IPv4 addresses, TOS,
+//! protocol, TCP/UDP ports, TCP flags, whether the inner frame is tagged);
+//! a rule without a VXLAN item leaves those out of its mask and matches
+//! the outer headers alone. Inner items it does not model (VLAN, IPv6,
+//! ICMP, ETH fields) are refused as unsupported.
+//!
 //! Groups are evaluated from 0; `Jump` moves on (at most 8 times: a loop is
 //! a drop). Actions apply in order; a group after a jump matches the frame
 //! as modified. Counters, shared counters and AGE behave as rte_flow's.
@@ -36,14 +44,15 @@ use hashbrown::hash_table::Entry;
 
 use super::rule::{
     Action, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Item, MAX_ACTIONS,
-    TcpFields, UdpFields, VlanFields, VxlanTunnel,
+    TcpFields, UdpFields, VlanFields, VxlanFields, VxlanTunnel,
 };
 
 pub mod mlx5;
 use super::template::{Place, PortAttr, TableId, TableSpec};
 use super::{CounterId, Counts, EncapId, FlowOffload, OffloadError, Rule, RuleHandle};
 use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
-use crate::wire::{EtherType, FrameBuf, Network, Tci, TunnelKind, parse};
+use crate::wire::vxlan::VXLAN_PORT;
+use crate::wire::{EtherType, FrameBuf, Layers, Network, Tci, TunnelKind, parse};
 
 /// Most jumps a frame may take before it is dropped as looping.
 pub const MAX_JUMPS: usize = 8;
@@ -51,7 +60,7 @@ pub const MAX_JUMPS: usize = 8;
 /// Bytes of outer headers a VXLAN encapsulation adds.
 pub const VXLAN_OVERHEAD: usize = 50;
 
-const WORDS: usize = 10;
+const WORDS: usize = 13;
 
 /// A frame reduced to the fields rules match, or a rule's key or mask.
 ///
@@ -59,7 +68,7 @@ const WORDS: usize = 10;
 /// w0: in_port 0..16, tag presence 16..24 (bit k: more than k tags),
 ///     family 24..32 (4 or 6), L4 protocol 32..40, TCP flags 40..48,
 ///     TOS/traffic class 48..56, outer tag kind 56..58 (0 none, 1 802.1Q,
-///     2 802.1ad);
+///     2 802.1ad), tunnel 58..60 (0 none, 1 VXLAN);
 /// w1: EtherType/TPID 0..16, tag 0 TCI 16..32, tag 0 inner type 32..48,
 ///     tag 1 TCI 48..64; w2: tag 1 inner type 0..16, source port 16..32,
 ///     destination port 32..48, ICMP type 48..56, code 56..64;
@@ -67,6 +76,14 @@ const WORDS: usize = 10;
 ///     32..48;
 /// w4/w5: source address (IPv4 in w5's low half); w6/w7: destination;
 /// w8: destination MAC; w9: source MAC.
+///
+/// Inside a VXLAN tunnel (all zero without one): w10: VNI 0..24, inner
+/// family 24..32 (4 or 6), inner L4 protocol 32..40, inner TCP flags
+/// 40..48, inner TOS 48..56, inner frame tagged 56..57; w11: inner IPv4
+/// source 0..32, destination 32..64; w12: inner source port 0..16,
+/// destination port 16..32. The outer fields stay those of the outer
+/// headers: a rule without a VXLAN item matches a VXLAN frame as any
+/// other UDP datagram.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 struct Fields([u64; WORDS]);
 
@@ -188,6 +205,63 @@ const ICMP_SEQ: Field = Field {
     shift: 16,
     bits: 16,
 };
+const TUNNEL: Field = Field {
+    word: 0,
+    shift: 58,
+    bits: 2,
+};
+/// [`TUNNEL`] value of a VXLAN frame.
+const T_VXLAN: u64 = 1;
+const VNI: Field = Field {
+    word: 10,
+    shift: 0,
+    bits: 24,
+};
+const IN_FAMILY: Field = Field {
+    word: 10,
+    shift: 24,
+    bits: 8,
+};
+const IN_L4: Field = Field {
+    word: 10,
+    shift: 32,
+    bits: 8,
+};
+const IN_TCP_FLAGS: Field = Field {
+    word: 10,
+    shift: 40,
+    bits: 8,
+};
+const IN_TOS: Field = Field {
+    word: 10,
+    shift: 48,
+    bits: 8,
+};
+const IN_TAGGED: Field = Field {
+    word: 10,
+    shift: 56,
+    bits: 1,
+};
+const IN_SRC: Field = Field {
+    word: 11,
+    shift: 0,
+    bits: 32,
+};
+const IN_DST: Field = Field {
+    word: 11,
+    shift: 32,
+    bits: 32,
+};
+const IN_SPORT: Field = Field {
+    word: 12,
+    shift: 0,
+    bits: 16,
+};
+const IN_DPORT: Field = Field {
+    word: 12,
+    shift: 16,
+    bits: 16,
+};
 const SRC: [usize; 2] = [4, 5];
 const DST: [usize; 2] = [6, 7];
 const DST_MAC: Field = Field {
@@ -282,6 +356,13 @@ impl Fields {
             },
         );
         let Ok(parsed) = parse(frame) else { return f };
+        if let (Some(tunnel), Some(inner)) = (parsed.tunnel(), parsed.inner())
+            && tunnel.kind == TunnelKind::Vxlan
+        {
+            f.set(TUNNEL, T_VXLAN);
+            f.set(VNI, u64::from(tunnel.vni.get()));
+            f.reduce_inner(frame, inner);
+        }
         let layers = parsed.outer();
         let byte = |at: usize| frame.get(at).copied().map_or(0, u64::from);
         let word = |at: usize, n: usize| {
@@ -337,6 +418,54 @@ impl Fields {
     }
 }
 
+impl Fields {
+    /// The inner frame of a VXLAN frame: what a pattern after its VXLAN
+    /// item can name (the inner tags' presence, IPv4 addresses, TOS,
+    /// protocol, TCP/UDP ports and TCP flags). An inner IPv6 packet sets
+    /// only the family: no rule can name more of it.
+    fn reduce_inner(&mut self, frame: &[u8], inner: &Layers) {
+        self.set(IN_TAGGED, u64::from(!inner.vlans().is_empty()));
+        let l3 = match inner.network() {
+            Network::Ipv4(l3) => l3,
+            Network::Ipv6(_) => {
+                self.set(IN_FAMILY, 6);
+                return;
+            }
+            _ => return,
+        };
+        self.set(IN_FAMILY, 4);
+        self.set(IN_TOS, byte_at(frame, l3 + 1));
+        self.set(IN_SRC, bytes_at(frame, l3 + 12, 4));
+        self.set(IN_DST, bytes_at(frame, l3 + 16, 4));
+        let Some(proto) = inner.protocol() else {
+            return;
+        };
+        self.set(IN_L4, u64::from(proto.number()));
+        let Some(l4) = inner.transport_offset() else {
+            return;
+        };
+        if matches!(proto, IpProtocol::Tcp | IpProtocol::Udp) {
+            self.set(IN_SPORT, bytes_at(frame, l4, 2));
+            self.set(IN_DPORT, bytes_at(frame, l4 + 2, 2));
+        }
+        if proto == IpProtocol::Tcp {
+            self.set(IN_TCP_FLAGS, byte_at(frame, l4 + 13));
+        }
+    }
+}
+
+/// The byte at `at` (0 past the end).
+fn byte_at(frame: &[u8], at: usize) -> u64 {
+    frame.get(at).copied().map_or(0, u64::from)
+}
+
+/// `n` (at most 8) big-endian bytes at `at` (0 past the end).
+fn bytes_at(frame: &[u8], at: usize, n: usize) -> u64 {
+    frame.get(at..at + n).map_or(0, |b| {
+        b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+    })
+}
+
 /// Splits a 128-bit value into its high and low 64-bit words.
 fn halves(x: u128) -> (u64, u64) {
     let b = x.to_be_bytes();
@@ -345,6 +474,14 @@ fn halves(x: u128) -> (u64, u64) {
     hi.copy_from_slice(b.get(..8).unwrap_or(&[0; 8]));
     lo.copy_from_slice(b.get(8..).unwrap_or(&[0; 8]));
     (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+}
+
+/// Which inner items a pattern has had after its VXLAN item.
+#[derive(Default)]
+struct Inner {
+    eth: bool,
+    l3: bool,
+    l4: bool,
 }
 
 /// A rule's key and mask over [`Fields`].
@@ -387,7 +524,12 @@ impl Compiled {
         let mut saw_eth = false;
         let mut l3: Option<u8> = None;
         let mut l4 = false;
+        let mut inner: Option<Inner> = None;
         for item in &rule.pattern {
+            if let Some(st) = inner.as_mut() {
+                c.inner_item(item, st, true)?;
+                continue;
+            }
             match *item {
                 Item::RepresentedPort(p) => c.field(IN_PORT, p.index() as u64, 0xFFFF),
                 Item::Eth(s) => {
@@ -415,6 +557,10 @@ impl Compiled {
                 Item::Tcp(_) | Item::Udp(_) | Item::Icmp(_) | Item::Icmp6(_) => {
                     c.l4_item(item, &mut l4, l3)?;
                 }
+                Item::Vxlan(s) => {
+                    c.vxlan(s.spec, s.mask)?;
+                    inner = Some(Inner::default());
+                }
             }
         }
         Ok(c)
@@ -426,12 +572,19 @@ impl Compiled {
     /// VLAN item ask for the outer tag's kind (`first_vlan_qualifier`:
     /// 802.1Q, or 802.1ad when the VLAN item's `has_more_vlan` is 1); a
     /// VLAN item's `tci` is the outer tag's. L3 and L4 items add their
-    /// protocol (non-relaxed matching) and nothing about tags.
+    /// protocol (non-relaxed matching) and nothing about tags; after a
+    /// VXLAN item they name the inner headers (`cd->tunnel`), again
+    /// without a word about the inner frame's tags.
     fn compile_mlx5(rule: &Rule) -> Result<Self, OffloadError> {
         let mut c = Self::default();
         let mut l3: Option<u8> = None;
         let mut l4 = false;
+        let mut inner: Option<Inner> = None;
         for item in &rule.pattern {
+            if let Some(st) = inner.as_mut() {
+                c.inner_item(item, st, false)?;
+                continue;
+            }
             match *item {
                 Item::RepresentedPort(p) => c.field(IN_PORT, p.index() as u64, 0xFFFF),
                 Item::Eth(s) => {
@@ -469,9 +622,144 @@ impl Compiled {
                 Item::Tcp(_) | Item::Udp(_) | Item::Icmp(_) | Item::Icmp6(_) => {
                     c.l4_item(item, &mut l4, l3)?;
                 }
+                Item::Vxlan(s) => {
+                    c.vxlan(s.spec, s.mask)?;
+                    inner = Some(Inner::default());
+                }
             }
         }
         Ok(c)
+    }
+
+    /// A VXLAN item (the same under both profiles): the frame is VXLAN
+    /// (outer UDP to port 4789, as the parser and the card take it), with
+    /// this VNI.
+    fn vxlan(&mut self, spec: VxlanFields, mask: VxlanFields) -> Result<(), OffloadError> {
+        if spec.vni > VxlanFields::VNI_MASK || mask.vni > VxlanFields::VNI_MASK {
+            return Err(OffloadError::Invalid("a VNI beyond 24 bits"));
+        }
+        let udp = u64::from(IpProtocol::Udp.number());
+        let (proto, proto_mask) = (self.key.get(L4), self.mask.get(L4));
+        if proto & proto_mask != udp & proto_mask {
+            return Err(OffloadError::Invalid(
+                "a VXLAN item after an L3/L4 item of another protocol than UDP",
+            ));
+        }
+        let (port, port_mask) = (self.key.get(DPORT), self.mask.get(DPORT));
+        if port & port_mask != u64::from(VXLAN_PORT) & port_mask {
+            return Err(OffloadError::Unsupported(
+                "VXLAN on a UDP port other than 4789 (the eSwitch, as the card, parses VXLAN at 4789 only)",
+            ));
+        }
+        self.field(TUNNEL, T_VXLAN, 3);
+        self.field(VNI, u64::from(spec.vni), u64::from(mask.vni));
+        Ok(())
+    }
+
+    /// An item after the VXLAN item: the inner frame's. `generic` reads
+    /// it as rte_flow does (an inner IPv4 item right after the inner ETH
+    /// item asks for an untagged inner frame), otherwise as mlx5 does (an
+    /// L3 item says nothing about tags).
+    fn inner_item(
+        &mut self,
+        item: &Item,
+        st: &mut Inner,
+        generic: bool,
+    ) -> Result<(), OffloadError> {
+        match *item {
+            Item::RepresentedPort(p) => self.field(IN_PORT, p.index() as u64, 0xFFFF),
+            Item::Eth(s) => {
+                if st.eth || st.l3 {
+                    return Err(OffloadError::Invalid("inner ETH item out of order"));
+                }
+                if s.mask != EthFields::default() {
+                    return Err(OffloadError::Unsupported(
+                        "inner ETH fields (MACs, type, has_vlan) are not modelled: leave its mask empty",
+                    ));
+                }
+                st.eth = true;
+            }
+            Item::Vlan(_) => {
+                return Err(OffloadError::Unsupported(
+                    "an inner VLAN item is not modelled (inner tags stay in software)",
+                ));
+            }
+            Item::Ipv4(s) => {
+                if st.l3 {
+                    return Err(OffloadError::Unsupported("two inner L3 items"));
+                }
+                st.l3 = true;
+                self.field(IN_FAMILY, 4, 0xFF);
+                if generic && st.eth {
+                    // Items follow the headers one by one: no inner tag.
+                    self.field(IN_TAGGED, 0, 1);
+                }
+                let (v, m) = (s.spec, s.mask);
+                self.field(IN_SRC, u64::from(v.src), u64::from(m.src));
+                self.field(IN_DST, u64::from(v.dst), u64::from(m.dst));
+                self.field(IN_L4, u64::from(v.proto), u64::from(m.proto));
+                self.field(IN_TOS, u64::from(v.tos), u64::from(m.tos));
+            }
+            Item::Ipv6(_) => {
+                return Err(OffloadError::Unsupported(
+                    "an inner IPv6 item is not modelled (inner IPv6 stays in software)",
+                ));
+            }
+            Item::Tcp(_) | Item::Udp(_) => {
+                if st.l4 {
+                    return Err(OffloadError::Invalid("two inner L4 items"));
+                }
+                if !st.l3 {
+                    return Err(OffloadError::Invalid(
+                        "inner L4 item without an inner IPv4 item",
+                    ));
+                }
+                let proto = if matches!(item, Item::Tcp(_)) {
+                    IpProtocol::Tcp
+                } else {
+                    IpProtocol::Udp
+                };
+                let (set, mask) = (self.key.get(IN_L4), self.mask.get(IN_L4));
+                if set & mask != u64::from(proto.number()) & mask {
+                    return Err(OffloadError::Invalid(
+                        "inner L4 item contradicts the inner L3 protocol",
+                    ));
+                }
+                st.l4 = true;
+                self.field(IN_L4, u64::from(proto.number()), 0xFF);
+                let ((sport, sport_m), (dport, dport_m)) = match *item {
+                    Item::Tcp(s) => {
+                        self.field(
+                            IN_TCP_FLAGS,
+                            u64::from(s.spec.flags),
+                            u64::from(s.mask.flags),
+                        );
+                        (
+                            (s.spec.src_port, s.mask.src_port),
+                            (s.spec.dst_port, s.mask.dst_port),
+                        )
+                    }
+                    Item::Udp(s) => (
+                        (s.spec.src_port, s.mask.src_port),
+                        (s.spec.dst_port, s.mask.dst_port),
+                    ),
+                    _ => ((0, 0), (0, 0)),
+                };
+                self.field(IN_SPORT, u64::from(sport), u64::from(sport_m));
+                self.field(IN_DPORT, u64::from(dport), u64::from(dport_m));
+            }
+            Item::Icmp(_) | Item::Icmp6(_) => {
+                return Err(OffloadError::Unsupported(
+                    "an inner ICMP item is not modelled (inner ICMP stays in software)",
+                ));
+            }
+            Item::Vxlan(_) => {
+                return Err(OffloadError::Unsupported(
+                    "VXLAN inside VXLAN (one tunnel is parsed; mlx5: inner VXLAN item not supported)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// An L4 item (the same under both profiles).
@@ -545,7 +833,7 @@ impl Compiled {
     ) -> Result<(), OffloadError> {
         if l3.is_some() {
             return Err(OffloadError::Unsupported(
-                "two L3 items (tunnels: match the outer headers)",
+                "two L3 items without a VXLAN item between them",
             ));
         }
         *l3 = Some(family);
@@ -658,10 +946,10 @@ struct AgeState {
     reported: bool,
 }
 
-/// Structural bits of word 0 (tags, family, L4 protocol): a table only
-/// holds rules of a few shapes, and a frame of another shape need not
-/// probe it.
-const SHAPE_BITS: u64 = 0x0000_00FF_FFFF_0000;
+/// Structural bits of word 0 (tags, family, L4 protocol, tunnel): a
+/// table only holds rules of a few shapes, and a frame of another shape
+/// need not probe it.
+const SHAPE_BITS: u64 = 0x0000_00FF_FFFF_0000 | (3 << 58);
 
 /// Distinct shapes a table remembers before it stops filtering.
 const SHAPES: usize = 8;
@@ -948,6 +1236,17 @@ impl SoftSwitch {
         if counts > 1 {
             return Err(OffloadError::Invalid("more than one COUNT"));
         }
+        if rule.actions.contains(&Action::VxlanDecap)
+            && !rule.pattern.iter().any(|i| matches!(i, Item::Vxlan(_)))
+        {
+            // rte_flow.rst, VXLAN_DECAP: "The flow items pattern ... must
+            // define a valid VXLAN tunnel ... If the flow pattern does not
+            // specify a valid VXLAN tunnel then a RTE_FLOW_ERROR_TYPE_ACTION
+            // error should be returned."
+            return Err(OffloadError::Invalid(
+                "VXLAN_DECAP without a VXLAN item (rte_flow: the pattern must define the VXLAN tunnel)",
+            ));
+        }
         Ok(())
     }
 
@@ -1070,6 +1369,19 @@ impl SoftSwitch {
                 age.last_hit = now;
             }
             let actions = rule.actions.clone();
+            // A shared counter counts the frame as it matched, as the
+            // rule's own counter does (mlx5: the counter is the first
+            // action of the STE, dr_action.c mlx5dr_action_template_process:
+            // "Current counter executed first"): a decapsulating rule
+            // counts the outer headers, a pushed tag is not counted.
+            for a in &actions {
+                if let Action::SharedCount(c) = a
+                    && let Some(Some(counts)) = self.counters.get_mut(c.0 as usize)
+                {
+                    counts.packets += 1;
+                    counts.bytes += len;
+                }
+            }
             let mut modified = false;
             for action in &actions {
                 match self.apply(*action, frame) {
@@ -1118,7 +1430,8 @@ impl SoftSwitch {
             Action::RepresentedPort(p) => return Ok(Some(Outcome::Out(p))),
             Action::PortRepresentor(p) => return Ok(Some(Outcome::ToSoftware(p))),
             Action::Drop => return Err(SwitchDrop::Rule),
-            Action::Jump(_) | Action::Count | Action::Age(_) => {}
+            // Counted when the rule matched (`process`).
+            Action::Jump(_) | Action::Count | Action::Age(_) | Action::SharedCount(_) => {}
             Action::OfPushVlan(tpid) => {
                 // OpenFlow push_vlan copies the TCI it covers; mlx5 builds
                 // the new tag from the push and the OF_SET_VLAN_VID /
@@ -1147,12 +1460,6 @@ impl SoftSwitch {
             }
             Action::SetMacSrc(m) => frame.set_src_mac(m).map_err(|_| SwitchDrop::Action)?,
             Action::SetMacDst(m) => frame.set_dst_mac(m).map_err(|_| SwitchDrop::Action)?,
-            Action::SharedCount(c) => {
-                if let Some(Some(counts)) = self.counters.get_mut(c.0 as usize) {
-                    counts.packets += 1;
-                    counts.bytes += frame.len() as u64;
-                }
-            }
             Action::VxlanEncap(e) => {
                 let tunnel = self
                     .encaps
@@ -1350,7 +1657,7 @@ impl SoftSwitch {
 }
 
 /// Puts outer Ethernet/IPv4/UDP/VXLAN headers in front of the frame.
-fn encap(frame: &mut FrameBuf<'_>, t: &VxlanTunnel) -> Result<(), ()> {
+pub(crate) fn encap(frame: &mut FrameBuf<'_>, t: &VxlanTunnel) -> Result<(), ()> {
     let inner_len = frame.len();
     let mut vxlan = [0u8; 8];
     crate::wire::vxlan::VxlanRepr {
@@ -1374,7 +1681,7 @@ fn encap(frame: &mut FrameBuf<'_>, t: &VxlanTunnel) -> Result<(), ()> {
             },
             L4Spec::Udp {
                 src_port: t.src_port,
-                dst_port: crate::wire::vxlan::VXLAN_PORT,
+                dst_port: VXLAN_PORT,
             },
         ),
         payload: &vxlan,

@@ -20,7 +20,7 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 
 use chaingate_shared::PortId;
 
-use super::rule::{Action, CounterId, EncapId, Item, Rule, VxlanTunnel};
+use super::rule::{Action, CounterId, EncapId, Item, Rule, VxlanFields, VxlanTunnel};
 
 /// The longest line testpmd reads (`RDLINE_BUF_SIZE`).
 pub const MAX_LINE: usize = 512;
@@ -253,6 +253,12 @@ fn write_item(w: &mut impl Write, item: &Item, names: &Names<'_>) -> fmt::Result
             field(w, "type", v.ty, m.ty, 0xFF)?;
             field(w, "code", v.code, m.code, 0xFF)
         }
+        Item::Vxlan(s) => {
+            // cmdline_flow.c ITEM_VXLAN_VNI: the VNI as a number (the
+            // items after it are the inner headers, printed as any).
+            w.write_str("vxlan")?;
+            field(w, "vni", s.spec.vni, s.mask.vni, VxlanFields::VNI_MASK)
+        }
     }
 }
 
@@ -286,7 +292,9 @@ mod tests {
     use chaingate_shared::VlanId;
 
     use super::*;
-    use crate::offload::rule::{Age, EthFields, Ipv4Fields, Spec, TcpFields, VlanFields};
+    use crate::offload::rule::{
+        Age, EthFields, Ipv4Fields, Spec, TcpFields, UdpFields, VlanFields, VxlanFields,
+    };
 
     fn names() -> (
         impl Fn(PortId) -> u16,
@@ -404,5 +412,108 @@ mod tests {
         assert!(out.ends_with(
             "actions indirect 3 / of_push_vlan ethertype 0x8100 / of_set_vlan_vid vlan_vid 7 / represented_port ethdev_port_id 12 / end\n"
         ));
+    }
+
+    #[test]
+    fn a_vxlan_rule_reads_as_testpmd_writes_it() {
+        let v4 = |src: u32, dst: u32| {
+            Item::Ipv4(Spec::new(
+                Ipv4Fields {
+                    src,
+                    dst,
+                    ..Ipv4Fields::default()
+                },
+                Ipv4Fields {
+                    src: u32::MAX,
+                    dst: u32::MAX,
+                    ..Ipv4Fields::default()
+                },
+            ))
+        };
+        let mut r = Rule::transfer(2, 1);
+        for item in [
+            Item::RepresentedPort(PortId::from_index(0)),
+            Item::Eth(Spec::default()),
+            v4(0xC0A8_0001, 0xC0A8_0002),
+            Item::Udp(Spec::new(
+                UdpFields {
+                    src_port: 0,
+                    dst_port: 4789,
+                },
+                UdpFields {
+                    src_port: 0,
+                    dst_port: 0xFFFF,
+                },
+            )),
+            Item::Vxlan(VxlanFields::exactly(100)),
+            Item::Eth(Spec::default()),
+            v4(0x0A00_0001, 0x0A00_0002),
+            Item::Tcp(Spec::new(
+                TcpFields {
+                    src_port: 1000,
+                    dst_port: 80,
+                    flags: 0,
+                },
+                TcpFields {
+                    src_port: 0xFFFF,
+                    dst_port: 0xFFFF,
+                    flags: 0x07,
+                },
+            )),
+        ] {
+            r.item(item).unwrap();
+        }
+        for a in [
+            Action::VxlanDecap,
+            Action::SharedCount(CounterId(1)),
+            Action::OfPushVlan(0x8100),
+            Action::OfSetVlanVid(VlanId::new(9).unwrap()),
+            Action::RepresentedPort(PortId::from_index(1)),
+        ] {
+            r.action(a).unwrap();
+        }
+        let (port, encap) = names();
+        let mut out = String::new();
+        write_rule(
+            &mut out,
+            &r,
+            &Names {
+                port: &port,
+                encap: &encap,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "flow create 0 group 2 priority 1 transfer pattern represented_port ethdev_port_id is 10 / \
+             eth / ipv4 src is 192.168.0.1 dst is 192.168.0.2 / udp dst is 4789 / vxlan vni is 100 / \
+             eth / ipv4 src is 10.0.0.1 dst is 10.0.0.2 / \
+             tcp src is 1000 dst is 80 flags spec 0x0 flags mask 0x7 / end \
+             actions vxlan_decap / indirect 1 / of_push_vlan ethertype 0x8100 / of_set_vlan_vid vlan_vid 9 / \
+             represented_port ethdev_port_id 11 / end\n"
+        );
+        let mut partial = Rule::transfer(1, 0);
+        partial
+            .item(Item::Vxlan(Spec::new(
+                VxlanFields { vni: 0x100 },
+                VxlanFields { vni: 0xFF00 },
+            )))
+            .unwrap()
+            .action(Action::Drop)
+            .unwrap();
+        out.clear();
+        write_rule(
+            &mut out,
+            &partial,
+            &Names {
+                port: &port,
+                encap: &encap,
+            },
+        )
+        .unwrap();
+        assert!(
+            out.contains("pattern vxlan vni spec 256 vni mask 65280 / end"),
+            "{out}"
+        );
     }
 }

@@ -17,11 +17,28 @@
 //! after the VLAN tags, `has_vlan` asks for an outer 802.1Q (0x8100) tag or
 //! none; a VLAN item asks for an outer 802.1Q tag (an 802.1ad one when
 //! `has_more_vlan` is 1), its `tci`, and its `inner_type` is again the
-//! EtherType after the tags.
+//! EtherType after the tags. After a VXLAN item the items fill the inner
+//! fields of the match (`cd->tunnel`), and an inner L3 item says nothing
+//! about the inner frame's tags.
+//!
+//! VXLAN (22.11, `dr_definer.c` `mlx5dr_definer_conv_item_vxlan`, hw.c
+//! `flow_hw_pattern_validate`, `__flow_hw_actions_translate`): the item is
+//! taken in transfer templates, matching the VNI (and the flags, which the
+//! rule language leaves out); with non-relaxed matching (the runtime's
+//! templates) it adds the outer UDP protocol and destination port 4789
+//! itself unless a UDP item named them. Items after it match the inner
+//! ETH/IPv4/IPv6/TCP/UDP headers. VXLAN_DECAP and VXLAN_ENCAP are one
+//! reformat action each (`MLX5DR_ACTION_TYP_TNL_L2_TO_L2`,
+//! `L2_TO_TNL_L2`) in the eSwitch's order (decap first, encap last);
+//! an encap whose configuration the actions template leaves unmasked
+//! takes its outer headers from each rule (a bulk reformat action sized
+//! for the table), of the template's length. What it refuses or gets
+//! wrong is in [`check_pattern`], [`check_table`] and [`check_rule`].
 
 use super::super::OffloadError;
 use super::super::rule::{Action, ActionKind, Item, Rule};
 use super::super::template::{ActionsTemplate, TableSpec};
+use crate::wire::vxlan::VXLAN_PORT;
 
 /// `rte_flow_create` with `dv_flow_en=2` (`mlx5_flow_create`, mlx5_flow.c:
 /// "Flow non-Q creation not supported", ENOTSUP): only the queue-based
@@ -51,6 +68,22 @@ pub(super) fn check_table(spec: &TableSpec) -> Result<(), OffloadError> {
     for t in &spec.actions {
         check_actions(t, spec.attr.group)?;
         check_pop_has_vlan_match(t, &spec.pattern)?;
+        check_decap_has_vxlan_match(t, &spec.pattern)?;
+    }
+    Ok(())
+}
+
+/// VXLAN_DECAP needs a VXLAN item: rte_flow.rst says so (an ACTION
+/// error), hw.c `mlx5_flow_hw_actions_validate` does not check it ("TODO:
+/// Validation logic"), and the card strips whatever tunnel its parser
+/// found (mlx5.rst, raw decapsulation: "always done up to the outermost
+/// tunnel detected by the HW"), a Geneve one included.
+fn check_decap_has_vxlan_match(t: &ActionsTemplate, pattern: &[Item]) -> Result<(), OffloadError> {
+    let tunnel = pattern.iter().any(|i| matches!(i, Item::Vxlan(_)));
+    if t.contains(&ActionKind::VxlanDecap) && !tunnel {
+        return Err(OffloadError::Unsupported(
+            "VXLAN_DECAP without a VXLAN item (rte_flow.rst; hw.c does not check it and the card decaps any tunnel it parsed)",
+        ));
     }
     Ok(())
 }
@@ -86,6 +119,27 @@ fn check_pattern(pattern: &[Item]) -> Result<(), OffloadError> {
         // definer in 22.11).
         return Err(OffloadError::Unsupported(
             "IPv6 5-tuple (mlx5.rst, HW steering: IPv6 5-tuple matching is not supported)",
+        ));
+    }
+    let tunnels = pattern
+        .iter()
+        .filter(|i| matches!(i, Item::Vxlan(_)))
+        .count();
+    if tunnels > 1 {
+        // dr_definer.c mlx5dr_definer_conv_item_vxlan: a VXLAN item after
+        // a tunnel item is refused (22.11: "Inner VXLAN vni item not
+        // supported"; 22.11.11: "Inner VXLAN item not supported").
+        return Err(OffloadError::Unsupported(
+            "two VXLAN items (dr_definer.c mlx5dr_definer_conv_item_vxlan: inner VXLAN item not supported)",
+        ));
+    }
+    if tunnels > 0 && !definer::fits(pattern) {
+        // dr_definer.c mlx5dr_definer_find_best_hl_fit: "Unable to find
+        // supporting match/jumbo definer combination" (ENOTSUP). Held to
+        // tunnel patterns: IPv6 ones beyond the 5-tuple check would fail
+        // it too on a card without full-DW jumbo definers (docs/offload.md).
+        return Err(OffloadError::Unsupported(
+            "the pattern's fields do not fit a match definer (dr_definer.c mlx5dr_definer_find_best_hl_fit: unable to find supporting match/jumbo definer combination)",
         ));
     }
     Ok(())
@@ -288,7 +342,320 @@ pub(super) fn check_rule(rule: &Rule) -> Result<(), OffloadError> {
             ));
         }
     }
+    check_vxlan_values(&rule.pattern)
+}
+
+/// The values of a VXLAN rule.
+fn check_vxlan_values(pattern: &[Item]) -> Result<(), OffloadError> {
+    let mut udp = None;
+    for item in pattern {
+        match item {
+            Item::Udp(s) => udp = Some(*s),
+            Item::Vxlan(s) => {
+                if let Some(u) = udp
+                    && (u.spec.dst_port ^ VXLAN_PORT) & u.mask.dst_port != 0
+                {
+                    // dr_definer.c mlx5dr_definer_conv_item_vxlan matches
+                    // UDP port 4789 (ETH_VXLAN_DEFAULT_PORT) only when no
+                    // UDP item named the port; a named one is matched
+                    // as given, but the card's parser takes VXLAN at 4789
+                    // (mlx5.rst: other ports need IP_OVER_VXLAN_PORT in
+                    // the firmware), so the VNI would not be where the
+                    // match reads it.
+                    return Err(OffloadError::Unsupported(
+                        "VXLAN after a UDP destination port other than 4789 (dr_definer.c mlx5dr_definer_conv_item_vxlan; the card parses VXLAN at 4789)",
+                    ));
+                }
+                if s.mask.vni != 0 && s.spec.vni & s.mask.vni == 0 {
+                    // mlx5.rst (22.11), Match on VXLAN: "Matching value
+                    // equals 0 (value & mask) is not supported."
+                    return Err(OffloadError::Unsupported(
+                        "VNI 0 (mlx5.rst, Match on VXLAN: matching value equals 0 is not supported)",
+                    ));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
     Ok(())
+}
+
+/// Whether a pattern template's fields fit one of mlx5's match definers
+/// (`dr_definer.c`, 22.11): the fields each item fills in the header
+/// layout (`mlx5dr_definer_conv_items_to_hl`, non-relaxed matching) and
+/// the selectors a definer has to pick them (`mlx5dr_definer_find_best_hl_fit`).
+mod definer {
+    use super::super::super::rule::Item;
+
+    /// Where a field lies in the header layout (`mlx5_ifc_definer_hl_bits`):
+    /// a 32-bit word and which of its bytes (bit i: byte i, most
+    /// significant first).
+    #[derive(Clone, Copy)]
+    struct Hl {
+        dw: u16,
+        bytes: u8,
+    }
+
+    /// Words of the header layout (outer, inner).
+    const ETH_L2: [u16; 2] = [0, 4];
+    const ETH_L2_SRC: [u16; 2] = [8, 10];
+    const ETH_L3: [u16; 2] = [14, 19];
+    const ETH_L4: [u16; 2] = [24, 26];
+    const IPV4: [u16; 2] = [64, 66];
+    const IPV6_DST: [u16; 2] = [68, 72];
+    const IPV6_SRC: [u16; 2] = [76, 80];
+    const TCP_ICMP: u16 = 94;
+    const TUNNEL_HEADER: u16 = 97;
+    const REGISTER_C_0: u16 = 148;
+
+    /// The definer's field slots (`MLX5DR_DEFINER_FNAME_*`), per side; a
+    /// later item may overwrite or clear an earlier one's, as the C code
+    /// does (`fc[]`).
+    const ETH_TYPE: usize = 0;
+    const VLAN_TYPE: usize = 1;
+    const VLAN_TCI: usize = 2;
+    const DMAC_47_16: usize = 3;
+    const DMAC_15_0: usize = 4;
+    const SMAC_47_16: usize = 5;
+    const SMAC_15_0: usize = 6;
+    const IP_VERSION: usize = 7;
+    const IP_PROTOCOL: usize = 8;
+    const IP_TOS: usize = 9;
+    const IPV4_SRC: usize = 10;
+    const IPV4_DST: usize = 11;
+    const IPV6_SRC_Q: usize = 12; // four words
+    const IPV6_DST_Q: usize = 16; // four words
+    const L4_SPORT: usize = 20;
+    const L4_DPORT: usize = 21;
+    const TCP_FLAGS: usize = 22;
+    const PER_SIDE: usize = 23;
+    const ICMP_DW1: usize = 2 * PER_SIDE;
+    const ICMP_DW2: usize = ICMP_DW1 + 1;
+    const VXLAN_VNI: usize = ICMP_DW1 + 2;
+    const VPORT: usize = ICMP_DW1 + 3;
+    const SLOTS: usize = ICMP_DW1 + 4;
+
+    /// Full DW selectors (`DW_SELECTORS_MATCH`, also those of a jumbo
+    /// definer on a card without `full_dw_jumbo_support`), limited ones
+    /// (words below 64 only), byte selectors (bytes below 256 only).
+    /// A card with full-DW jumbo definers has 9 full and no limited ones:
+    /// what fits here fits there.
+    const FULL: usize = 6;
+    const LIMITED: usize = 3;
+    const BYTES: u32 = 8;
+
+    const ALL: u8 = 0b1111;
+    const B0: u8 = 0b0001;
+    const B1: u8 = 0b0010;
+    const B01: u8 = 0b0011;
+    const B3: u8 = 0b1000;
+    const B23: u8 = 0b1100;
+
+    struct Conv {
+        fc: [Option<Hl>; SLOTS],
+        side: usize,
+    }
+
+    impl Conv {
+        fn set(&mut self, slot: usize, dw: u16, bytes: u8) {
+            if let Some(f) = self.fc.get_mut(slot) {
+                *f = Some(Hl { dw, bytes });
+            }
+        }
+
+        fn clear(&mut self, slot: usize) {
+            if let Some(f) = self.fc.get_mut(slot) {
+                *f = None;
+            }
+        }
+
+        fn is_set(&self, slot: usize) -> bool {
+            self.fc.get(slot).is_some_and(Option::is_some)
+        }
+
+        /// A slot of the current side (outer, or inner after a tunnel).
+        fn side(&self, slot: usize) -> usize {
+            self.side * PER_SIDE + slot
+        }
+
+        fn at(bases: [u16; 2], side: usize) -> u16 {
+            bases.get(side).copied().unwrap_or(0)
+        }
+
+        fn item(&mut self, item: &Item) {
+            let s = self.side;
+            let l2 = Self::at(ETH_L2, s);
+            let l3 = Self::at(ETH_L3, s);
+            let l4 = Self::at(ETH_L4, s);
+            match item {
+                Item::RepresentedPort(_) => self.set(VPORT, REGISTER_C_0, B01),
+                Item::Eth(e) => {
+                    let m = e.mask;
+                    let src = Self::at(ETH_L2_SRC, s);
+                    if m.ether_type != 0 {
+                        self.set(self.side(ETH_TYPE), l2 + 1, B23);
+                    }
+                    if m.src.iter().take(4).any(|b| *b != 0) {
+                        self.set(self.side(SMAC_47_16), src, ALL);
+                    }
+                    if m.src.iter().skip(4).any(|b| *b != 0) {
+                        self.set(self.side(SMAC_15_0), src + 1, B01);
+                    }
+                    if m.dst.iter().take(4).any(|b| *b != 0) {
+                        self.set(self.side(DMAC_47_16), l2, ALL);
+                    }
+                    if m.dst.iter().skip(4).any(|b| *b != 0) {
+                        self.set(self.side(DMAC_15_0), l2 + 1, B01);
+                    }
+                    if m.has_vlan {
+                        self.set(self.side(VLAN_TYPE), l2 + 2, B1);
+                    }
+                }
+                Item::Vlan(v) => {
+                    let m = v.mask;
+                    self.set(self.side(VLAN_TYPE), l2 + 2, B1);
+                    if m.tci != 0 {
+                        self.set(self.side(VLAN_TCI), l2 + 2, B23);
+                    }
+                    if m.inner_type != 0 {
+                        self.set(self.side(ETH_TYPE), l2 + 1, B23);
+                    }
+                }
+                Item::Ipv4(i) => {
+                    let m = i.mask;
+                    self.set(self.side(IP_VERSION), l2 + 2, B1);
+                    // "Overwrite - Unset ethertype if present".
+                    self.clear(self.side(ETH_TYPE));
+                    if m.proto != 0 {
+                        self.set(self.side(IP_PROTOCOL), l3, B3);
+                    }
+                    let a = Self::at(IPV4, s);
+                    if m.dst != 0 {
+                        self.set(self.side(IPV4_DST), a + 1, ALL);
+                    }
+                    if m.src != 0 {
+                        self.set(self.side(IPV4_SRC), a, ALL);
+                    }
+                    if m.tos != 0 {
+                        self.set(self.side(IP_TOS), l3, B1);
+                    }
+                }
+                Item::Ipv6(i) => {
+                    let m = i.mask;
+                    self.set(self.side(IP_VERSION), l2 + 2, B1);
+                    self.clear(self.side(ETH_TYPE));
+                    if m.tc != 0 {
+                        self.set(self.side(IP_TOS), l3, B1);
+                    }
+                    if m.proto != 0 {
+                        self.set(self.side(IP_PROTOCOL), l3, B3);
+                    }
+                    for q in 0..4u16 {
+                        let shift = 96 - 32 * u32::from(q);
+                        let slot = usize::from(q);
+                        if (m.src >> shift) & 0xFFFF_FFFF != 0 {
+                            self.set(self.side(IPV6_SRC_Q + slot), Self::at(IPV6_SRC, s) + q, ALL);
+                        }
+                        if (m.dst >> shift) & 0xFFFF_FFFF != 0 {
+                            self.set(self.side(IPV6_DST_Q + slot), Self::at(IPV6_DST, s) + q, ALL);
+                        }
+                    }
+                }
+                Item::Udp(u) => {
+                    // The L4 type overwrites the IP protocol's slot.
+                    self.set(self.side(IP_PROTOCOL), l2 + 2, B1);
+                    if u.mask.src_port != 0 {
+                        self.set(self.side(L4_SPORT), l4, B01);
+                    }
+                    if u.mask.dst_port != 0 {
+                        self.set(self.side(L4_DPORT), l4, B23);
+                    }
+                }
+                Item::Tcp(t) => {
+                    self.set(self.side(IP_PROTOCOL), l2 + 2, B1);
+                    if t.mask.flags != 0 {
+                        self.set(self.side(TCP_FLAGS), l4 + 1, B1);
+                    }
+                    if t.mask.src_port != 0 {
+                        self.set(self.side(L4_SPORT), l4, B01);
+                    }
+                    if t.mask.dst_port != 0 {
+                        self.set(self.side(L4_DPORT), l4, B23);
+                    }
+                }
+                Item::Icmp(i) => {
+                    self.set(self.side(IP_PROTOCOL), l2 + 3, B0);
+                    if i.mask.ty != 0 || i.mask.code != 0 {
+                        self.set(ICMP_DW1, TCP_ICMP, ALL);
+                    }
+                    if i.mask.ident != 0 || i.mask.seq != 0 {
+                        self.set(ICMP_DW2, TCP_ICMP + 1, ALL);
+                    }
+                }
+                Item::Icmp6(i) => {
+                    self.set(self.side(IP_PROTOCOL), l2 + 3, B0);
+                    if i.mask.ty != 0 || i.mask.code != 0 {
+                        self.set(ICMP_DW1, TCP_ICMP, ALL);
+                    }
+                }
+                Item::Vxlan(v) => {
+                    // UDP and port 4789 unless an item named them.
+                    if !self.is_set(self.side(IP_PROTOCOL)) {
+                        self.set(self.side(IP_PROTOCOL), l2 + 2, B1);
+                    }
+                    if !self.is_set(self.side(L4_DPORT)) {
+                        self.set(self.side(L4_DPORT), l4, B23);
+                    }
+                    if v.mask.vni != 0 {
+                        self.set(VXLAN_VNI, TUNNEL_HEADER + 1, 0b0111);
+                    }
+                    self.side = 1;
+                }
+            }
+        }
+    }
+
+    /// True when the fields `pattern` fills fit a match or jumbo definer.
+    pub(super) fn fits(pattern: &[Item]) -> bool {
+        let mut conv = Conv {
+            fc: [None; SLOTS],
+            side: 0,
+        };
+        for item in pattern {
+            conv.item(item);
+        }
+        // The header layout's words in use, and their bytes.
+        let mut words: heapless::Vec<Hl, SLOTS> = heapless::Vec::new();
+        for f in conv.fc.iter().flatten() {
+            match words.iter_mut().find(|w| w.dw == f.dw) {
+                Some(w) => w.bytes |= f.bytes,
+                None => {
+                    if words.push(*f).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        // Words from 64 on take a full DW selector (limited selectors and
+        // byte selectors do not reach them); the others take a limited or
+        // full selector, or one byte selector per byte in use. Selectors
+        // go best to the words with the most bytes: the search of
+        // mlx5dr_definer_best_hl_fit_recu finds a fit exactly when this
+        // does.
+        let high = words.iter().filter(|w| w.dw >= 64).count();
+        if high > FULL {
+            return false;
+        }
+        let mut low: heapless::Vec<u32, SLOTS> = words
+            .iter()
+            .filter(|w| w.dw < 64)
+            .map(|w| w.bytes.count_ones())
+            .collect();
+        low.sort_unstable_by(|a, b| b.cmp(a));
+        let selectors = FULL - high + LIMITED;
+        low.iter().skip(selectors).sum::<u32>() <= BYTES
+    }
 }
 
 #[cfg(test)]
@@ -312,5 +679,54 @@ mod tests {
         assert!(!in_order(&[Fate, Counter]));
         assert!(!in_order(&[Modify, Push, Fate]));
         assert!(!in_order(&[Counter, Counter, Fate]));
+    }
+
+    #[test]
+    fn the_definer_model_counts_selectors_as_the_driver_does() {
+        use super::super::super::rule::{Ipv4Fields, Ipv6Fields, Spec, TcpFields, VxlanFields};
+        use chaingate_shared::PortId;
+        let port = Item::RepresentedPort(PortId::from_index(0));
+        let v4 = Item::Ipv4(Spec::new(
+            Ipv4Fields::default(),
+            Ipv4Fields {
+                src: u32::MAX,
+                dst: u32::MAX,
+                proto: 0xFF,
+                tos: 0,
+            },
+        ));
+        let tcp = Item::Tcp(Spec::new(
+            TcpFields::default(),
+            TcpFields {
+                src_port: 0xFFFF,
+                dst_port: 0xFFFF,
+                flags: 0x07,
+            },
+        ));
+        let v6 = Item::Ipv6(Spec::new(
+            Ipv6Fields::default(),
+            Ipv6Fields {
+                src: u128::MAX,
+                dst: u128::MAX,
+                proto: 0xFF,
+                tc: 0,
+            },
+        ));
+        // A session's IPv4 5-tuple: three full words (port register, two
+        // addresses), the rest in bytes.
+        assert!(definer::fits(&[port, v4, tcp]));
+        // Two IPv6 addresses are eight words past the byte selectors'
+        // reach: with the port register, more than six full selectors.
+        assert!(!definer::fits(&[port, v6]));
+        // A VXLAN session (shape b): six full words exactly.
+        let vx = Item::Vxlan(VxlanFields::exactly(7));
+        assert!(definer::fits(&[port, v4, vx, v4, tcp]));
+        let mut seven = [port, v4, vx, v4, tcp, v6];
+        assert!(!definer::fits(&seven));
+        seven[5] = v4;
+        assert!(
+            definer::fits(&seven),
+            "a second inner IPv4 item overwrites the first's fields"
+        );
     }
 }

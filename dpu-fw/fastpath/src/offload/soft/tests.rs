@@ -12,7 +12,7 @@ use chaingate_shared::{Nanos, PortId, VlanId};
 use super::*;
 use crate::offload::rule::{
     Attr, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Spec, TcpFields, UdpFields,
-    VlanFields,
+    VlanFields, VxlanFields,
 };
 use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
 use crate::wire::icmpv4::Icmpv4Repr;
@@ -720,15 +720,425 @@ fn vxlan_encap_and_decap() {
     let mut sw = switch(&[rule(
         1,
         0,
-        &[],
+        &[Item::Vxlan(Spec::default())],
         &[Action::VxlanDecap, Action::RepresentedPort(P3)],
     )]);
     assert_eq!(run(&mut sw, P2, &f), (Outcome::Out(P3), plain()));
     assert_eq!(
         run(&mut sw, P2, &plain()).0,
-        Outcome::Dropped(SwitchDrop::Action),
+        Outcome::ToSoftware(P2),
+        "not VXLAN: the VXLAN item does not match it"
+    );
+    // rte_flow: a decapsulating rule's pattern must define the tunnel.
+    assert!(matches!(
+        sw.create(&rule(
+            1,
+            0,
+            &[Item::RepresentedPort(P2)],
+            &[Action::VxlanDecap, Action::RepresentedPort(P3)],
+        )),
+        Err(OffloadError::Invalid(r)) if r.contains("VXLAN_DECAP without a VXLAN item")
+    ));
+}
+
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+
+/// The underlay from the peer DPU to this one, with `vni`.
+fn underlay(vni: u32) -> VxlanTunnel {
+    VxlanTunnel {
+        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 0xDD]),
+        src_mac: EthernetAddress([2, 0, 0, 0, 0, 0x55]),
+        src: PEER.to_bits(),
+        dst: LOCAL.to_bits(),
+        src_port: 49_152,
+        vni,
+        ttl: 64,
+    }
+}
+
+/// `inner` as the peer DPU sends it: in VXLAN with `vni`.
+fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; inner.len() + VXLAN_OVERHEAD];
+    buf[VXLAN_OVERHEAD..].copy_from_slice(inner);
+    let mut fb = FrameBuf::new(&mut buf, VXLAN_OVERHEAD, inner.len()).unwrap();
+    encap(&mut fb, &underlay(vni)).unwrap();
+    fb.frame().to_vec()
+}
+
+fn v4(src: Ipv4Addr, dst: Ipv4Addr) -> Item {
+    Item::Ipv4(Spec::new(
+        Ipv4Fields {
+            src: src.to_bits(),
+            dst: dst.to_bits(),
+            ..Ipv4Fields::default()
+        },
+        Ipv4Fields {
+            src: u32::MAX,
+            dst: u32::MAX,
+            ..Ipv4Fields::default()
+        },
+    ))
+}
+
+fn udp_dst(port: u16) -> Item {
+    Item::Udp(Spec::new(
+        UdpFields {
+            dst_port: port,
+            ..UdpFields::default()
+        },
+        UdpFields {
+            dst_port: 0xFFFF,
+            ..UdpFields::default()
+        },
+    ))
+}
+
+fn tcp_ports(sport: u16, dport: u16) -> Item {
+    Item::Tcp(Spec::new(
+        TcpFields {
+            src_port: sport,
+            dst_port: dport,
+            flags: 0,
+        },
+        TcpFields {
+            src_port: 0xFFFF,
+            dst_port: 0xFFFF,
+            flags: 0x07,
+        },
+    ))
+}
+
+/// Shape (a): VXLAN from the peer with `vni`, entering at P1.
+fn from_peer(vni: u32) -> Vec<Item> {
+    vec![
+        Item::RepresentedPort(P1),
+        Item::Eth(Spec::default()),
+        v4(PEER, LOCAL),
+        udp_dst(4789),
+        Item::Vxlan(VxlanFields::exactly(vni)),
+    ]
+}
+
+/// Shape (b): the same with the inner 5-tuple (8 items).
+fn from_peer_flow(vni: u32, sport: u16, dport: u16) -> Vec<Item> {
+    let mut p = from_peer(vni);
+    p.extend([
+        Item::Eth(Spec::default()),
+        v4(A, B),
+        tcp_ports(sport, dport),
+    ]);
+    p
+}
+
+fn tagged(vid: u16, l4: L4Spec) -> Vec<u8> {
+    frame_v4(
+        &[(
+            EtherType::Vlan,
+            Tci::new(0, false, VlanId::new(vid).unwrap()),
+        )],
+        l4,
+    )
+}
+
+#[test]
+fn a_vxlan_item_matches_the_vni_and_the_inner_frame() {
+    let vid = |v| Action::OfSetVlanVid(VlanId::new(v).unwrap());
+    // (a) per (peer, segment, instance); (b) one session, preferred.
+    let a = rule(
+        1,
+        2,
+        &from_peer(100),
+        &[
+            Action::VxlanDecap,
+            Action::OfPushVlan(0x8100),
+            vid(7),
+            Action::RepresentedPort(P2),
+        ],
+    );
+    let b = rule(
+        1,
+        1,
+        &from_peer_flow(100, 1000, 80),
+        &[Action::VxlanDecap, Action::RepresentedPort(P3)],
+    );
+    let mut sw = switch(&[a, b]);
+    let session = frame_v4(&[], tcp(1000, 80, TcpFlags::ACK));
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(100, &session)),
+        (Outcome::Out(P3), session.clone()),
+        "(b): VNI and inner 5-tuple; decapsulated"
+    );
+    let other_port = frame_v4(&[], tcp(1001, 80, TcpFlags::ACK));
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(100, &other_port)),
+        (Outcome::Out(P2), tagged(7, tcp(1001, 80, TcpFlags::ACK))),
+        "(a): another inner port; decapsulated, then tagged"
+    );
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(200, &session)).0,
+        Outcome::ToSoftware(P1),
+        "another VNI"
+    );
+    assert_eq!(
+        run(&mut sw, P2, &vxlan_frame(100, &session)).0,
+        Outcome::ToSoftware(P2),
+        "another port"
+    );
+    assert_eq!(
+        run(&mut sw, P1, &session).0,
+        Outcome::ToSoftware(P1),
         "not VXLAN"
     );
+    // The inner TCP flags: a SYN of the same ports is not the session's
+    // (the flags mask asks SYN, FIN and RST clear); (a) takes it.
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(100, &plain())).0,
+        Outcome::Out(P2)
+    );
+}
+
+#[test]
+fn a_rule_without_a_vxlan_item_matches_a_vxlan_frame_on_its_outer_headers() {
+    let outer = rule(
+        1,
+        5,
+        &[
+            Item::RepresentedPort(P1),
+            Item::Eth(Spec::default()),
+            v4(PEER, LOCAL),
+            udp_dst(4789),
+        ],
+        &[Action::RepresentedPort(P3)],
+    );
+    let a = rule(1, 1, &from_peer(100), &[Action::RepresentedPort(P2)]);
+    let inner_dst = rule(1, 0, &[ipv4_dst(B, 32)], &[Action::Drop]);
+    let mut sw = switch(&[outer, a, inner_dst]);
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(100, &plain())).0,
+        Outcome::Out(P2)
+    );
+    let (out, f) = run(&mut sw, P1, &vxlan_frame(200, &plain()));
+    assert_eq!(
+        (out, f),
+        (Outcome::Out(P3), vxlan_frame(200, &plain())),
+        "the outer headers match; the inner destination is not the outer one"
+    );
+}
+
+#[test]
+fn inner_items_follow_the_inner_headers() {
+    // rte_flow: `vxlan / eth / ipv4` is an untagged inner IPv4 frame;
+    // without the inner ETH item, the inner frame's tags are not asked.
+    let inner_tagged = tagged(30, tcp(1000, 80, TcpFlags::ACK));
+    let with_eth = rule(
+        1,
+        0,
+        &[
+            Item::Vxlan(Spec::default()),
+            Item::Eth(Spec::default()),
+            ipv4_dst(B, 32),
+        ],
+        &[Action::RepresentedPort(P2)],
+    );
+    let mut sw = switch(&[with_eth]);
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(9, &inner_tagged)).0,
+        Outcome::ToSoftware(P1)
+    );
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(9, &plain())).0,
+        Outcome::Out(P2)
+    );
+    let without = rule(
+        1,
+        0,
+        &[Item::Vxlan(Spec::default()), ipv4_dst(B, 32)],
+        &[Action::RepresentedPort(P2)],
+    );
+    let mut sw = switch(&[without]);
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(9, &inner_tagged)).0,
+        Outcome::Out(P2)
+    );
+    // Inner UDP ports.
+    let dns = frame_v4(
+        &[],
+        L4Spec::Udp {
+            src_port: 5353,
+            dst_port: 53,
+        },
+    );
+    let udp = rule(
+        1,
+        0,
+        &[Item::Vxlan(Spec::default()), ipv4_dst(B, 32), udp_dst(53)],
+        &[Action::RepresentedPort(P3)],
+    );
+    let mut sw = switch(&[udp]);
+    assert_eq!(run(&mut sw, P1, &vxlan_frame(9, &dns)).0, Outcome::Out(P3));
+    assert_eq!(
+        run(&mut sw, P1, &vxlan_frame(9, &plain())).0,
+        Outcome::ToSoftware(P1),
+        "inner TCP"
+    );
+}
+
+#[test]
+fn a_hop_to_a_remote_instance_and_back_in_from_the_underlay() {
+    // The sending DPU: the session's frame comes back from a local
+    // instance at P2 with segment tag 10; pop, count, encapsulate, out to
+    // the underlay at P1 (shape c).
+    let mut sender = switch(&[]);
+    let e = sender
+        .create_encap(&VxlanTunnel {
+            src: LOCAL.to_bits(),
+            dst: PEER.to_bits(),
+            ..underlay(100)
+        })
+        .unwrap();
+    let h = sender
+        .create(&rule(
+            1,
+            1,
+            &[
+                Item::RepresentedPort(P2),
+                Item::Eth(Spec::new(
+                    EthFields {
+                        has_vlan: true,
+                        ..EthFields::default()
+                    },
+                    EthFields {
+                        has_vlan: true,
+                        ..EthFields::default()
+                    },
+                )),
+                Item::Vlan(Spec::new(
+                    VlanFields {
+                        tci: 10,
+                        inner_type: 0x0800,
+                        has_more_vlan: false,
+                    },
+                    VlanFields {
+                        tci: 0x0FFF,
+                        inner_type: 0xFFFF,
+                        has_more_vlan: false,
+                    },
+                )),
+                v4(A, B),
+                tcp_ports(1000, 80),
+            ],
+            &[
+                Action::OfPopVlan,
+                Action::Count,
+                Action::VxlanEncap(e),
+                Action::RepresentedPort(P1),
+            ],
+        ))
+        .unwrap();
+    let ack = frame_v4(&[], tcp(1000, 80, TcpFlags::ACK));
+    let in_chain = tagged(10, tcp(1000, 80, TcpFlags::ACK));
+    let (out, wire) = run(&mut sender, P2, &in_chain);
+    assert_eq!(out, Outcome::Out(P1));
+    assert_eq!(
+        &wire[VXLAN_OVERHEAD..],
+        &ack[..],
+        "popped, then encapsulated"
+    );
+    let p = parse(&wire).unwrap();
+    assert_eq!(p.tunnel().unwrap().vni.get(), 100);
+    assert_eq!(
+        sender.query(h).unwrap().bytes,
+        in_chain.len() as u64,
+        "counted as it matched"
+    );
+    // The receiving DPU: decapsulate, tag for the instance's segment 20,
+    // out to its VF at P3 (shape a), with the instance's shared counter.
+    let mut receiver = switch(&[]);
+    let c = receiver.create_counter(0).unwrap();
+    receiver
+        .create(&rule(
+            1,
+            1,
+            &[
+                Item::RepresentedPort(P1),
+                Item::Eth(Spec::default()),
+                v4(LOCAL, PEER),
+                udp_dst(4789),
+                Item::Vxlan(VxlanFields::exactly(100)),
+            ],
+            &[
+                Action::VxlanDecap,
+                Action::SharedCount(c),
+                Action::OfPushVlan(0x8100),
+                Action::OfSetVlanVid(VlanId::new(20).unwrap()),
+                Action::RepresentedPort(P3),
+            ],
+        ))
+        .unwrap();
+    assert_eq!(
+        run(&mut receiver, P1, &wire),
+        (Outcome::Out(P3), tagged(20, tcp(1000, 80, TcpFlags::ACK)))
+    );
+    assert_eq!(
+        receiver.query_counter(c).unwrap(),
+        Counts {
+            packets: 1,
+            bytes: wire.len() as u64
+        },
+        "the shared counter counts the frame as it matched, outer headers included"
+    );
+}
+
+#[test]
+fn vxlan_patterns_the_eswitch_cannot_mean_are_refused() {
+    let mut sw = SoftSwitch::new(10);
+    let mut check = |pattern: &[Item]| {
+        sw.create(&rule(0, 0, pattern, &[Action::Drop]))
+            .unwrap_err()
+    };
+    let vx = Item::Vxlan(VxlanFields::exactly(5));
+    let unsupported: [(&[Item], &str); 7] = [
+        (
+            &[vx, Item::Eth(Spec::default()), Item::Vlan(Spec::default())],
+            "inner VLAN",
+        ),
+        (&[vx, Item::Ipv6(Spec::default())], "inner IPv6"),
+        (
+            &[vx, ipv4_dst(B, 32), Item::Icmp(Spec::default())],
+            "inner ICMP",
+        ),
+        (&[vx, eth_type(EtherType::Ipv4)], "inner ETH fields"),
+        (&[vx, vx], "VXLAN inside VXLAN"),
+        (&[v4(A, B), udp_dst(4790), vx], "other than 4789"),
+        (&[v4(A, B), v4(A, B)], "without a VXLAN item between"),
+    ];
+    for (pattern, why) in unsupported {
+        let e = check(pattern);
+        assert!(
+            matches!(e, OffloadError::Unsupported(r) if r.contains(why)),
+            "{pattern:?}: {e:?}"
+        );
+    }
+    let big = Item::Vxlan(Spec::new(
+        VxlanFields { vni: 1 << 24 },
+        VxlanFields { vni: u32::MAX },
+    ));
+    let invalid: [(&[Item], &str); 3] = [
+        (&[big], "beyond 24 bits"),
+        (
+            &[ipv4_dst(B, 32), tcp_ports(1, 2), vx],
+            "another protocol than UDP",
+        ),
+        (&[vx, Item::Tcp(Spec::default())], "without an inner IPv4"),
+    ];
+    for (pattern, why) in invalid {
+        let e = check(pattern);
+        assert!(
+            matches!(e, OffloadError::Invalid(r) if r.contains(why)),
+            "{pattern:?}: {e:?}"
+        );
+    }
 }
 
 #[test]

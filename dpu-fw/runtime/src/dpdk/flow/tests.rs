@@ -3,7 +3,7 @@
 
 use chaingate_fastpath::offload::rule::{
     EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Spec, TcpFields, UdpFields,
-    VlanFields,
+    VlanFields, VxlanFields,
 };
 use chaingate_fastpath::offload::{Action, ActionKind, Age, Attr};
 use chaingate_fastpath::wire::EthernetAddress;
@@ -264,6 +264,141 @@ fn items_read_back() {
         sys::RTE_FLOW_ITEM_TYPE_ICMP6,
     );
     assert_eq!((s.type_, m.type_, m.code), (128, 0xFF, 0));
+}
+
+#[test]
+fn a_vxlan_item_reads_back_and_the_items_after_it_are_the_inner_ones() {
+    let (s, m) = read::<sys::rte_flow_item_vxlan>(
+        Item::Vxlan(Spec::new(
+            VxlanFields { vni: 0x12_3456 },
+            VxlanFields { vni: 0x00FF_FF00 },
+        )),
+        sys::RTE_FLOW_ITEM_TYPE_VXLAN,
+    );
+    // SAFETY: the translation writes the field view of the union, every
+    // byte of which is initialised (the default is all zero).
+    let (sv, mv) = unsafe {
+        (
+            s.__bindgen_anon_1.__bindgen_anon_1,
+            m.__bindgen_anon_1.__bindgen_anon_1,
+        )
+    };
+    assert_eq!(sv.vni, [0x12, 0x34, 0x56], "big-endian, three bytes");
+    assert_eq!(mv.vni, [0xFF, 0xFF, 0x00]);
+    assert_eq!(
+        (sv.flags, mv.flags, sv.rsvd0, mv.rsvd0, sv.rsvd1, mv.rsvd1),
+        (0, 0, [0; 3], [0; 3], 0, 0),
+        "flags and reserved bits are neither set nor matched"
+    );
+    // SAFETY: the same bytes through the header view.
+    let hdr = unsafe { m.__bindgen_anon_1.hdr };
+    assert_eq!(
+        (u32::from_be(hdr.vx_vni), hdr.vx_flags),
+        (0x00FF_FF00 << 8, 0),
+        "the header's view agrees"
+    );
+
+    // Shape (b) of a remote hop: outer headers, VXLAN, inner 5-tuple.
+    let v4 = |src: u32, dst: u32| {
+        Item::Ipv4(Spec::new(
+            Ipv4Fields {
+                src,
+                dst,
+                ..Ipv4Fields::default()
+            },
+            Ipv4Fields {
+                src: u32::MAX,
+                dst: u32::MAX,
+                ..Ipv4Fields::default()
+            },
+        ))
+    };
+    let pattern = [
+        Item::RepresentedPort(PortId::from_index(0)),
+        Item::Eth(Spec::default()),
+        v4(0xC0A8_0001, 0xC0A8_0002),
+        Item::Udp(Spec::new(
+            UdpFields {
+                src_port: 0,
+                dst_port: 4789,
+            },
+            UdpFields {
+                src_port: 0,
+                dst_port: 0xFFFF,
+            },
+        )),
+        Item::Vxlan(VxlanFields::exactly(100)),
+        Item::Eth(Spec::default()),
+        v4(0x0A00_0001, 0x0A00_0002),
+        Item::Tcp(Spec::new(
+            TcpFields {
+                src_port: 1000,
+                dst_port: 80,
+                flags: 0,
+            },
+            TcpFields {
+                src_port: 0xFFFF,
+                dst_port: 0xFFFF,
+                flags: 0x07,
+            },
+        )),
+    ];
+    resolve(|r| {
+        let p = translate::pattern(&pattern, r).unwrap();
+        let types: Vec<_> = p.items().iter().map(|i| i.type_).collect();
+        assert_eq!(
+            types,
+            [
+                sys::RTE_FLOW_ITEM_TYPE_REPRESENTED_PORT,
+                sys::RTE_FLOW_ITEM_TYPE_ETH,
+                sys::RTE_FLOW_ITEM_TYPE_IPV4,
+                sys::RTE_FLOW_ITEM_TYPE_UDP,
+                sys::RTE_FLOW_ITEM_TYPE_VXLAN,
+                sys::RTE_FLOW_ITEM_TYPE_ETH,
+                sys::RTE_FLOW_ITEM_TYPE_IPV4,
+                sys::RTE_FLOW_ITEM_TYPE_TCP,
+                sys::RTE_FLOW_ITEM_TYPE_END,
+            ]
+        );
+        let items = p.items();
+        // SAFETY: IPv4 items point at rte_flow_item_ipv4, the VXLAN item
+        // at rte_flow_item_vxlan, all kept alive by `p`.
+        let (outer, vx, inner) = unsafe {
+            (
+                items[2]
+                    .spec
+                    .cast::<sys::rte_flow_item_ipv4>()
+                    .read_unaligned(),
+                items[4]
+                    .spec
+                    .cast::<sys::rte_flow_item_vxlan>()
+                    .read_unaligned(),
+                items[6]
+                    .spec
+                    .cast::<sys::rte_flow_item_ipv4>()
+                    .read_unaligned(),
+            )
+        };
+        assert_eq!(u32::from_be(outer.hdr.dst_addr), 0xC0A8_0002);
+        // SAFETY: the field view, as above.
+        let vni = unsafe { vx.__bindgen_anon_1.__bindgen_anon_1.vni };
+        assert_eq!(vni, [0, 0, 100]);
+        assert_eq!(u32::from_be(inner.hdr.dst_addr), 0x0A00_0002);
+        // A template keeps the VXLAN mask and drops the value.
+        let t = p.template();
+        assert!(t[4].spec.is_null() && !t[4].mask.is_null());
+        // A VNI past 24 bits has no place in the item.
+        assert!(matches!(
+            translate::pattern(
+                &[Item::Vxlan(Spec::new(
+                    VxlanFields { vni: 1 << 24 },
+                    VxlanFields { vni: u32::MAX },
+                ))],
+                r
+            ),
+            Err(OffloadError::Invalid(_))
+        ));
+    });
 }
 
 /// The configuration of the single action of a list, as `T`.

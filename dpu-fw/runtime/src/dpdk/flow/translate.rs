@@ -13,7 +13,7 @@ use std::ptr;
 
 use chaingate_fastpath::offload::rule::{
     EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Spec, TcpFields, UdpFields,
-    VlanFields,
+    VlanFields, VxlanFields,
 };
 use chaingate_fastpath::offload::{
     Action, ActionKind, Age, Attr, CounterId, EncapId, Item, OffloadError, VxlanTunnel,
@@ -217,6 +217,15 @@ fn icmp6(spec: &Icmp6Fields) -> sys::rte_flow_item_icmp6 {
     }
 }
 
+/// The VNI as `rte_flow_item_vxlan` holds it: three bytes, big-endian
+/// (flags and reserved bits zero, in the spec and in the mask).
+fn vxlan(spec: &VxlanFields) -> sys::rte_flow_item_vxlan {
+    let mut v = sys::rte_flow_item_vxlan::default();
+    let [_, a, b, c] = spec.vni.to_be_bytes();
+    v.__bindgen_anon_1.__bindgen_anon_1.vni = [a, b, c];
+    v
+}
+
 fn item<T: Copy, C: 'static>(
     k: &mut Keep,
     ty: sys::rte_flow_item_type,
@@ -240,10 +249,11 @@ const fn end_item() -> sys::rte_flow_item {
     }
 }
 
-/// The items of a pattern.
+/// The items of a pattern (the items after a VXLAN item are the inner
+/// headers, as rte_flow reads them).
 ///
 /// # Errors
-/// A port without a DPDK device.
+/// A port without a DPDK device, a VNI beyond 24 bits.
 pub fn pattern(items: &[Item], r: &Resolve<'_>) -> Result<CPattern, OffloadError> {
     let mut k: Keep = Vec::new();
     let mut out = Vec::with_capacity(items.len() + 1);
@@ -267,6 +277,12 @@ pub fn pattern(items: &[Item], r: &Resolve<'_>) -> Result<CPattern, OffloadError
             Item::Udp(s) => item(&mut k, sys::RTE_FLOW_ITEM_TYPE_UDP, s, udp),
             Item::Icmp(s) => item(&mut k, sys::RTE_FLOW_ITEM_TYPE_ICMP, s, icmp),
             Item::Icmp6(s) => item(&mut k, sys::RTE_FLOW_ITEM_TYPE_ICMP6, s, icmp6),
+            Item::Vxlan(s) => {
+                if s.spec.vni > VxlanFields::VNI_MASK || s.mask.vni > VxlanFields::VNI_MASK {
+                    return Err(OffloadError::Invalid("a VNI beyond 24 bits"));
+                }
+                item(&mut k, sys::RTE_FLOW_ITEM_TYPE_VXLAN, s, vxlan)
+            }
         });
     }
     out.push(end_item());
