@@ -30,7 +30,7 @@ use chaingate_fastpath::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
 use chaingate_fastpath::wire::{EthernetAddress, FrameBuf};
 use chaingate_shared::config::{Attachment, FailMode, InstanceState, PortRole, Scaling, Uplink};
 use chaingate_shared::policy::{Match, Policy, PolicyAction};
-use chaingate_shared::{Config, Generation, Nanos, PortId};
+use chaingate_shared::{Config, Generation, InstanceId, Nanos, PortId};
 use criterion::{Criterion, Throughput};
 
 /// Sessions whose rules make a million (8 rules each: 3 hops, both ways).
@@ -164,7 +164,7 @@ fn main() {
             dp.config(),
             dp.session(id).unwrap(),
             SESSION_GROUPS[0],
-            |i| Some(CounterId(i.index() as u32)),
+            |i: InstanceId| Some(CounterId(i.index() as u32)),
             age,
             rules,
         )

@@ -15,6 +15,15 @@
 //!   opened for the new tuple, with the rewriting instance at its hop, so
 //!   both directions of the rewritten flow keep to it.
 //!
+//! - At the underlay port, a VXLAN frame from another DPU (a peer; see
+//!   [`chaingate_shared::underlay`]) is either for a local instance
+//!   (deliver: decapsulated, tagged with the peer's guest tag, sent to the
+//!   instance; no session here) or comes back from a remote instance to
+//!   the session that sent it (return: decapsulated, and on from that hop
+//!   as if it came back from a local VF). A frame from a local instance
+//!   with a guest tag goes back to its peer, encapsulated.
+//! - A hop whose instance is remote is an encapsulation towards its peer.
+//!
 //! Chains are walked in order from lan to wan and in reverse from wan to
 //! lan (see [`chaingate_shared::config`]). Every session opened, changed or
 //! ended asks for its hardware rules through [`Event`]s, which the offload
@@ -27,21 +36,27 @@ use core::fmt;
 use core::net::{IpAddr, Ipv4Addr};
 
 use chaingate_shared::config::{
-    Config, FailMode, InstanceState, PortRole, Segment, Travel, Uplink,
+    Attachment, Config, FailMode, InstanceState, PortRole, Segment, Travel, Uplink,
 };
 use chaingate_shared::policy::{ClassifyInput, Dscp, PolicyAction};
 use chaingate_shared::telemetry::ScaleRequest;
+use chaingate_shared::underlay::{self, Leg, Vni};
 use chaingate_shared::{
-    ChainId, FlowDirection, FlowKey, InstanceId, IpProtocol, Nanos, PortId, VlanId, VlanStack,
+    ChainId, FlowDirection, FlowKey, InstanceId, IpProtocol, Nanos, PeerId, PortId, VlanId,
+    VlanStack,
 };
 
 use crate::balance::{Balancer, Choice};
 use crate::classify::Classifier;
 use crate::meter::Meters;
+use crate::offload::VxlanTunnel;
 use crate::session::{
     Admission, ConnState, DropCause, Session, SessionAction, SessionId, SessionTable, Timeouts,
 };
-use crate::wire::{EtherType, FrameBuf, FrameBufError, Layers, ParsedFrame, Tci, parse_into};
+use crate::wire::{
+    EtherType, EthernetAddress, FrameBuf, FrameBufError, Layers, ParsedFrame, Tci, TunnelKind,
+    parse_into,
+};
 
 /// What the VLAN tag of a forwarded packet needs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -72,6 +87,57 @@ impl VlanAction {
     }
 }
 
+/// An encapsulation towards a peer (see [`chaingate_shared::underlay`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Encap {
+    /// The DPU it goes to.
+    pub peer: PeerId,
+    /// What it says.
+    pub vni: Vni,
+    /// The outer UDP source port: from the flow's hash (49152 and up), so
+    /// that an underlay with several paths spreads flows and keeps each on
+    /// one.
+    pub src_port: u16,
+}
+
+impl Encap {
+    /// The outer headers, from this DPU's underlay and the peer's address
+    /// (`None` when the configuration has neither).
+    #[must_use]
+    pub fn tunnel(&self, config: &Config) -> Option<VxlanTunnel> {
+        let own = config.underlay()?;
+        let peer = config.peer(self.peer)?;
+        Some(VxlanTunnel {
+            dst_mac: EthernetAddress(peer.mac()),
+            src_mac: EthernetAddress(own.mac),
+            src: u32::from(own.addr),
+            dst: u32::from(peer.addr()),
+            src_port: self.src_port,
+            vni: self.vni.encode(),
+            ttl: 64,
+        })
+    }
+}
+
+/// The outer UDP source port of a flow with this hash.
+#[allow(clippy::cast_possible_truncation)] // 14 bits
+const fn entropy(hash: u64) -> u16 {
+    0xC000 | (hash as u16 & 0x3FFF)
+}
+
+/// Where a packet the fast path decides on came from, and so what its
+/// outermost tag is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum From {
+    /// An uplink: no segment tag.
+    Uplink,
+    /// A local instance: a segment tag.
+    Vf,
+    /// A remote instance, over the underlay: no tag, and outer headers to
+    /// strip.
+    Underlay,
+}
+
 /// Why a packet was dropped.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u8)]
@@ -94,11 +160,17 @@ pub enum DropReason {
     NoSession,
     /// The connection's fail-closed service lost its instance.
     ServiceFailed,
+    /// A frame at the underlay port that is not VXLAN to this DPU from a
+    /// configured peer.
+    NotAPeer,
+    /// A frame for a remote instance too large for the underlay's MTU
+    /// with the outer headers.
+    TooBig,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::Malformed,
         Self::UnknownPort,
         Self::Policy,
@@ -108,6 +180,8 @@ impl DropReason {
         Self::WrongInstance,
         Self::NoSession,
         Self::ServiceFailed,
+        Self::NotAPeer,
+        Self::TooBig,
     ];
 
     /// A short name for counters and logs.
@@ -123,6 +197,8 @@ impl DropReason {
             Self::WrongInstance => "wrong_instance",
             Self::NoSession => "no_session",
             Self::ServiceFailed => "service_failed",
+            Self::NotAPeer => "not_a_peer",
+            Self::TooBig => "too_big_for_underlay",
         }
     }
 }
@@ -136,17 +212,67 @@ impl fmt::Display for DropReason {
 /// What to do with a packet.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Verdict {
-    /// Send it out of `port`, after the VLAN action.
+    /// Send it out of `port`: strip the outer headers (`decap`), change
+    /// the tag, encapsulate (`encap`), in that order.
     Forward {
         /// The port.
         port: PortId,
         /// The tag change.
         vlan: VlanAction,
+        /// Strip the underlay's outer headers
+        /// ([`underlay::OVERHEAD`] bytes) first.
+        decap: bool,
+        /// Put outer headers towards a peer around it last.
+        encap: Option<Encap>,
     },
     /// Drop it.
     Drop(DropReason),
     /// Hand it to the DPU's own stack (non-IP from an instance).
     ToHost,
+}
+
+impl Verdict {
+    /// A forward without outer headers.
+    #[must_use]
+    pub const fn forward(port: PortId, vlan: VlanAction) -> Self {
+        Self::Forward {
+            port,
+            vlan,
+            decap: false,
+            encap: None,
+        }
+    }
+
+    /// Changes a frame as a forward says: strips the outer headers, changes
+    /// the tag, adds outer headers. Returns the port, or `None` for a drop
+    /// or a frame for the host.
+    ///
+    /// # Errors
+    /// No room or nothing to change: the frame must be dropped.
+    pub fn apply(
+        self,
+        frame: &mut FrameBuf<'_>,
+        config: &Config,
+    ) -> Result<Option<PortId>, FrameBufError> {
+        let Self::Forward {
+            port,
+            vlan,
+            decap,
+            encap,
+        } = self
+        else {
+            return Ok(None);
+        };
+        if decap {
+            frame.pull_front(underlay::OVERHEAD)?;
+        }
+        vlan.apply(frame)?;
+        if let Some(e) = encap {
+            let tunnel = e.tunnel(config).ok_or(FrameBufError::NoRoom)?;
+            crate::offload::soft::encap(frame, &tunnel).map_err(|()| FrameBufError::NoRoom)?;
+        }
+        Ok(Some(port))
+    }
 }
 
 /// A request to the offload layer.
@@ -249,10 +375,12 @@ pub const BURST: usize = 32;
 /// a VF, without the outer (segment) tag.
 fn lookup_key(role: PortRole, layers: &Layers) -> Option<FlowKey> {
     let key = layers.key()?;
-    Some(match role {
-        PortRole::Uplink(_) => *key,
-        PortRole::Vf => key.with_vlans(key.vlans().without_outer()),
-    })
+    match role {
+        PortRole::Uplink(_) => Some(*key),
+        PortRole::Vf => Some(key.with_vlans(key.vlans().without_outer())),
+        // The session is found by the inner frame's key.
+        PortRole::Underlay => None,
+    }
 }
 
 /// What a burst already knows of a packet's session lookup.
@@ -444,8 +572,8 @@ impl Datapath {
         if parse_into(frame, &mut self.parsed).is_err() {
             return self.drop(DropReason::Malformed);
         }
-        let layers = *self.parsed.outer();
-        self.decide(in_port, role, &layers, frame.len(), now)
+        let parsed = self.parsed;
+        self.decide(in_port, role, &parsed, frame.len(), now)
     }
 
     /// [`Self::process`] for a burst of frames that entered at `in_port`
@@ -499,9 +627,9 @@ impl Datapath {
                 self.sessions.find_burst(l, f);
             }
             for (i, (frame, o)) in frames.iter().zip(out.iter_mut()).enumerate() {
-                let (Some(&ok), Some(layers), Some(&(normal, hash)), Some(&hit), Some(&dir)) = (
+                let (Some(&ok), Some(frame_parsed), Some(&(normal, hash)), Some(&hit), Some(&dir)) = (
                     parsed.get(i),
-                    self.burst.get(i).map(|p| *p.outer()),
+                    self.burst.get(i).copied(),
                     lookups.get(i),
                     found.get(i),
                     dirs.get(i),
@@ -518,7 +646,7 @@ impl Datapath {
                     hash,
                     hit,
                 });
-                *o = self.decide(in_port, role, &layers, frame.len(), now);
+                *o = self.decide(in_port, role, &frame_parsed, frame.len(), now);
                 self.hint = None;
             }
         }
@@ -528,10 +656,11 @@ impl Datapath {
         &mut self,
         in_port: PortId,
         role: PortRole,
-        layers: &Layers,
+        parsed: &ParsedFrame,
         len: usize,
         now: Nanos,
     ) -> Verdict {
+        let layers = parsed.outer();
         let verdict = match role {
             // A customer frame with three tags leaves no room for the
             // segment tag inside a chain.
@@ -540,6 +669,11 @@ impl Datapath {
             }
             PortRole::Uplink(uplink) => self.enter_at_uplink(uplink, in_port, layers, len, now),
             PortRole::Vf => self.back_from_instance(in_port, layers, len, now),
+            PortRole::Underlay => {
+                // A burst looked up the outer key, which finds nothing.
+                self.hint = None;
+                self.at_underlay(parsed, len, now)
+            }
         };
         match verdict {
             Verdict::Forward { .. } => self.counters.forwarded += 1,
@@ -561,10 +695,7 @@ impl Datapath {
         let Some(key) = layers.key().copied() else {
             // ARP, LLDP and other link-level traffic cross the gateway: it
             // is a bump in the wire.
-            return Verdict::Forward {
-                port: other,
-                vlan: VlanAction::Keep,
-            };
+            return Verdict::forward(other, VlanAction::Keep);
         };
         let (id, dir) = match self.find_session(layers, &key) {
             Found::Session(id, dir) => {
@@ -586,7 +717,16 @@ impl Datapath {
         if let Some(f) = layers.fragment().filter(|f| f.is_first() && f.more) {
             self.fragments.remember(&key, f.ident, id);
         }
-        self.advance(id, None, uplink.travel(), dir, layers, len, now)
+        self.advance(
+            id,
+            None,
+            uplink.travel(),
+            dir,
+            layers,
+            From::Uplink,
+            len,
+            now,
+        )
     }
 
     /// The session of a packet: by its key, or for a later fragment (no
@@ -713,18 +853,47 @@ impl Datapath {
         let Some(key) = layers.key().copied() else {
             return Verdict::ToHost;
         };
-        let Some(segment) = key.vlans().outer().and_then(|tag| self.config.segment(tag)) else {
+        let Some(tag) = key.vlans().outer() else {
             return self.drop(DropReason::NotASegment);
         };
+        if let Some(segment) = self.config.segment(tag) {
+            return self.returned(instance, segment, layers, From::Vf, len, now);
+        }
+        match self.config.guest(tag) {
+            Some((peer, segment)) => self.back_to_peer(instance, peer, segment, &key, len),
+            None => self.drop(DropReason::NotASegment),
+        }
+    }
+
+    /// Whether `instance` runs the service of `segment`'s hop.
+    fn serves(&self, instance: InstanceId, segment: Segment) -> bool {
         let hop_service = self
             .config
             .chain(segment.chain)
             .and_then(|c| c.services().get(usize::from(segment.hop)).copied());
         let own_service = self.config.instance(instance).map(|i| i.service());
-        if hop_service.is_none() || hop_service != own_service {
+        hop_service.is_some() && hop_service == own_service
+    }
+
+    /// A packet of a session of this DPU came back from `instance` (a
+    /// local one through its VF, or a remote one over the underlay).
+    fn returned(
+        &mut self,
+        instance: InstanceId,
+        segment: Segment,
+        layers: &Layers,
+        from: From,
+        len: usize,
+        now: Nanos,
+    ) -> Verdict {
+        if !self.serves(instance, segment) {
             return self.drop(DropReason::WrongInstance);
         }
-        let Some(key) = lookup_key(PortRole::Vf, layers) else {
+        let key = match from {
+            From::Vf => lookup_key(PortRole::Vf, layers),
+            From::Uplink | From::Underlay => layers.key().copied(),
+        };
+        let Some(key) = key else {
             return Verdict::ToHost;
         };
         let (id, dir) = match self.find_session(layers, &key) {
@@ -751,9 +920,131 @@ impl Datapath {
             segment.travel,
             dir,
             layers,
+            from,
             len,
             now,
         )
+    }
+
+    /// A VXLAN frame at the underlay port.
+    fn at_underlay(&mut self, parsed: &ParsedFrame, len: usize, now: Nanos) -> Verdict {
+        let (Some(tunnel), Some(inner), Some(own)) = (
+            parsed.tunnel(),
+            parsed.inner(),
+            self.config.underlay().copied(),
+        ) else {
+            return self.drop(DropReason::NotAPeer);
+        };
+        let outer = parsed.outer();
+        let peer = match outer.key().map(|k| (k.src(), k.dst())) {
+            Some((IpAddr::V4(src), IpAddr::V4(dst))) if dst == own.addr => self.config.peer_at(src),
+            _ => None,
+        };
+        let Some(peer) = peer.filter(|_| tunnel.kind == TunnelKind::Vxlan) else {
+            return self.drop(DropReason::NotAPeer);
+        };
+        // Peers send exactly these outer headers: untagged Ethernet, IPv4
+        // without options, UDP, VXLAN.
+        if tunnel.inner_offset != underlay::OVERHEAD || !outer.vlans().is_empty() {
+            return self.drop(DropReason::Malformed);
+        }
+        let Some((vni, segment)) =
+            Vni::decode(tunnel.vni.get()).and_then(|v| Some((v, self.config.segment(v.segment)?)))
+        else {
+            return self.drop(DropReason::NotASegment);
+        };
+        let inner_len = len - underlay::OVERHEAD;
+        match vni.leg {
+            Leg::Deliver => self.deliver(peer, vni, segment, inner, inner_len),
+            Leg::Return => match self.config.remote_instance(peer, vni.slot) {
+                Some(instance) => {
+                    self.returned(instance, segment, inner, From::Underlay, inner_len, now)
+                }
+                None => self.drop(DropReason::WrongInstance),
+            },
+        }
+    }
+
+    /// A peer's frame for a local instance: tagged with the peer's guest
+    /// tag for the segment, so that what the instance sends back goes back
+    /// to the peer.
+    fn deliver(
+        &mut self,
+        peer: PeerId,
+        vni: Vni,
+        segment: Segment,
+        inner: &Layers,
+        len: usize,
+    ) -> Verdict {
+        let port = PortId::from_index(u16::from(vni.slot));
+        let Some(instance) = self.config.port_owner(port) else {
+            return self.drop(DropReason::UnknownPort);
+        };
+        if !self.serves(instance, segment) {
+            return self.drop(DropReason::WrongInstance);
+        }
+        if inner.vlans().len() > VlanStack::CUSTOMER {
+            return self.drop(DropReason::Malformed);
+        }
+        let (Some(tag), Some(entry)) = (
+            self.config.guest_tag(peer, vni.segment),
+            self.config
+                .instance(instance)
+                .map(|i| i.attachment().entry(segment.travel)),
+        ) else {
+            return self.drop(DropReason::NotASegment);
+        };
+        self.meters.record(instance, len);
+        Verdict::Forward {
+            port: entry,
+            vlan: VlanAction::Push(tag),
+            decap: true,
+            encap: None,
+        }
+    }
+
+    /// A local instance's frame for a peer's session: back to the peer.
+    fn back_to_peer(
+        &mut self,
+        instance: InstanceId,
+        peer: PeerId,
+        segment: VlanId,
+        key: &FlowKey,
+        len: usize,
+    ) -> Verdict {
+        let slot = self
+            .config
+            .instance(instance)
+            .map(|i| i.attachment().entry(Travel::ToWan).index());
+        let (Some(slot), Some(mtu)) = (
+            slot.and_then(|s| u8::try_from(s).ok()),
+            self.config.underlay().map(|u| usize::from(u.mtu)),
+        ) else {
+            return self.drop(DropReason::NotAPeer);
+        };
+        // The tag goes: the frame travels with 4 bytes less.
+        if len.saturating_sub(4) + underlay::IP_OVERHEAD > mtu {
+            return self.drop(DropReason::TooBig);
+        }
+        Verdict::Forward {
+            port: self
+                .config
+                .underlay()
+                .map_or(PortId::from_index(0), |u| u.port),
+            vlan: VlanAction::Pop,
+            decap: false,
+            encap: Some(Encap {
+                peer,
+                vni: Vni {
+                    segment,
+                    leg: Leg::Return,
+                    slot,
+                },
+                // The flow's hash without the guest tag (it differs per
+                // direction): the same port as the owner's deliver leg.
+                src_port: entropy(key.with_vlans(key.vlans().without_outer()).symmetric_hash()),
+            }),
+        }
     }
 
     /// Opens the continuation of a flow that an instance rewrote.
@@ -793,6 +1084,7 @@ impl Datapath {
         travel: Travel,
         dir: FlowDirection,
         layers: &Layers,
+        from: From,
         len: usize,
         now: Nanos,
     ) -> Verdict {
@@ -835,11 +1127,10 @@ impl Datapath {
         match session.action() {
             SessionAction::Drop(DropCause::Policy) => self.drop(DropReason::Policy),
             SessionAction::Drop(DropCause::ServiceFailed) => self.drop(DropReason::ServiceFailed),
-            SessionAction::Bypass => Verdict::Forward {
-                port: self.config.uplink_port(travel.exit()),
-                vlan: VlanAction::Keep,
-            },
-            SessionAction::Chain(chain) => self.next_hop(&session, chain, after, travel, len),
+            SessionAction::Bypass => {
+                Verdict::forward(self.config.uplink_port(travel.exit()), VlanAction::Keep)
+            }
+            SessionAction::Chain(chain) => self.next_hop(&session, chain, after, travel, from, len),
         }
     }
 
@@ -849,45 +1140,83 @@ impl Datapath {
         chain: ChainId,
         after: Option<usize>,
         travel: Travel,
+        from: From,
         len: usize,
     ) -> Verdict {
         let hops = self.config.chain(chain).map_or(0, |c| c.len());
         let mut candidates = hop_order(hops, after, travel);
         let next = candidates.find_map(|h| session.hop(h).map(|i| (h, i)));
-        let tag_now = after.is_some();
-        match next {
-            Some((hop, instance)) => {
-                let Some(port) = self
-                    .config
-                    .instance(instance)
-                    .map(|i| i.attachment().entry(travel))
-                else {
-                    return self.drop(DropReason::NoInstance);
-                };
-                let segment = Segment {
-                    chain,
-                    hop: u8::try_from(hop).unwrap_or(u8::MAX),
-                    travel,
-                };
-                let Some(tag) = self.config.segment_tag(segment) else {
-                    return self.drop(DropReason::NotASegment);
-                };
-                self.meters.record(instance, len);
-                let vlan = if tag_now {
-                    VlanAction::Set(tag)
-                } else {
-                    VlanAction::Push(tag)
-                };
-                Verdict::Forward { port, vlan }
-            }
-            None => Verdict::Forward {
+        let tagged = from == From::Vf;
+        let decap = from == From::Underlay;
+        // What the packet is once outer headers and segment tag are gone.
+        let bare = if decap {
+            len - underlay::OVERHEAD.min(len)
+        } else if tagged {
+            len.saturating_sub(4)
+        } else {
+            len
+        };
+        let Some((hop, instance)) = next else {
+            let vlan = if tagged {
+                VlanAction::Pop
+            } else {
+                VlanAction::Keep
+            };
+            return Verdict::Forward {
                 port: self.config.uplink_port(travel.exit()),
-                vlan: if tag_now {
-                    VlanAction::Pop
-                } else {
-                    VlanAction::Keep
-                },
-            },
+                vlan,
+                decap,
+                encap: None,
+            };
+        };
+        let Some(attachment) = self.config.instance(instance).map(|i| i.attachment()) else {
+            return self.drop(DropReason::NoInstance);
+        };
+        let segment = Segment {
+            chain,
+            hop: u8::try_from(hop).unwrap_or(u8::MAX),
+            travel,
+        };
+        let Some(tag) = self.config.segment_tag(segment) else {
+            return self.drop(DropReason::NotASegment);
+        };
+        if let Attachment::Remote { peer, slot, via } = attachment {
+            let mtu = self.config.underlay().map_or(0, |u| usize::from(u.mtu));
+            if bare + underlay::IP_OVERHEAD > mtu {
+                return self.drop(DropReason::TooBig);
+            }
+            self.meters.record(instance, bare);
+            let vlan = if tagged {
+                VlanAction::Pop
+            } else {
+                VlanAction::Keep
+            };
+            return Verdict::Forward {
+                port: via,
+                vlan,
+                decap,
+                encap: Some(Encap {
+                    peer,
+                    vni: Vni {
+                        segment: tag,
+                        leg: Leg::Deliver,
+                        slot,
+                    },
+                    src_port: entropy(session.key().symmetric_hash()),
+                }),
+            };
+        }
+        self.meters.record(instance, len);
+        let vlan = if tagged {
+            VlanAction::Set(tag)
+        } else {
+            VlanAction::Push(tag)
+        };
+        Verdict::Forward {
+            port: attachment.entry(travel),
+            vlan,
+            decap,
+            encap: None,
         }
     }
 
@@ -1118,3 +1447,6 @@ fn state_of(states: &[InstanceState], i: InstanceId) -> InstanceState {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod underlay_tests;

@@ -76,6 +76,8 @@ pub enum Role {
     Wan,
     /// A VF representor: a service instance's attachment.
     Vf,
+    /// The port towards the other DPUs (the underlay).
+    Underlay,
 }
 
 impl fmt::Display for Role {
@@ -84,6 +86,7 @@ impl fmt::Display for Role {
             Self::Lan => "lan",
             Self::Wan => "wan",
             Self::Vf => "vf",
+            Self::Underlay => "underlay",
         })
     }
 }
@@ -358,7 +361,7 @@ impl RuntimeConfig {
             if p.role != Role::Vf && ports.iter().any(|q: &PortSpec| q.role == p.role) {
                 return Err(field(
                     format!("ports[{i}].role"),
-                    format!("a second {} uplink", p.role),
+                    format!("a second {} port", p.role),
                 ));
             }
             ports.push(PortSpec {
@@ -555,7 +558,7 @@ offload: { backend: refuse, capacity: 5000, offload_after: 2 }
             ),
             (
                 GOOD.replace("role: vf", "role: wan"),
-                "ports[2].role: a second wan uplink",
+                "ports[2].role: a second wan port",
             ),
             (
                 GOOD.replace("role: vf", "role: tap"),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use chaingate_fastpath::datapath::{Datapath, DropReason, Options, Verdict};
+use chaingate_fastpath::datapath::{Datapath, DropReason, Options};
 use chaingate_fastpath::offload::{
     FlowOffload, ManagerOptions, OffloadManager, Outcome, Refusal, Refusing, SoftSwitch,
     SwitchStats,
@@ -187,6 +187,10 @@ pub struct Engine<B: Switch> {
     period: Duration,
     unconfigured: u64,
     vlan_errors: u64,
+    /// Frames the switch's rules encapsulated past the underlay's MTU:
+    /// dropped at the port, as a NIC does, and counted with the fast
+    /// path's `too_big_for_underlay`.
+    switch_too_big: u64,
     last_tick: Instant,
     last_telemetry: Instant,
     census_next: usize,
@@ -220,6 +224,7 @@ impl<B: Switch> Engine<B> {
                 Role::Lan => PortRole::Uplink(Uplink::Lan),
                 Role::Wan => PortRole::Uplink(Uplink::Wan),
                 Role::Vf => PortRole::Vf,
+                Role::Underlay => PortRole::Underlay,
             };
             b.add_port(&p.name, role)
                 .expect("the runtime configuration checked its ports");
@@ -261,6 +266,7 @@ impl<B: Switch> Engine<B> {
             period: config.telemetry_period,
             unconfigured: 0,
             vlan_errors: 0,
+            switch_too_big: 0,
             last_tick: now,
             last_telemetry: now,
             census_next: 0,
@@ -355,19 +361,30 @@ impl<B: Switch> Engine<B> {
             return;
         };
         let out = match self.mgr.backend_mut().switch(port, &mut frame, now) {
-            Outcome::Out(p) => Some(p),
+            Outcome::Out(p) => {
+                let over = self
+                    .dp
+                    .config()
+                    .underlay()
+                    .is_some_and(|u| u.port == p && frame.len() > usize::from(u.mtu) + 14);
+                if over {
+                    self.switch_too_big += 1;
+                    None
+                } else {
+                    Some(p)
+                }
+            }
             Outcome::Dropped(_) => None,
-            Outcome::ToSoftware(p) => match self.dp.process(p, frame.frame(), now) {
-                Verdict::Forward { port, vlan } => {
-                    if vlan.apply(&mut frame).is_ok() {
-                        Some(port)
-                    } else {
+            Outcome::ToSoftware(p) => {
+                let verdict = self.dp.process(p, frame.frame(), now);
+                match verdict.apply(&mut frame, self.dp.config()) {
+                    Ok(port) => port,
+                    Err(_) => {
                         self.vlan_errors += 1;
                         None
                     }
                 }
-                Verdict::Drop(_) | Verdict::ToHost => None,
-            },
+            }
         };
         if let Some(p) = out.and_then(|p| self.io_of_port.get(p.index()).copied().flatten())
             && let Some(port) = self.ports.get_mut(p)
@@ -571,6 +588,7 @@ impl<B: Switch> Engine<B> {
                 PortRole::Uplink(Uplink::Lan) => Role::Lan,
                 PortRole::Uplink(Uplink::Wan) => Role::Wan,
                 PortRole::Vf => Role::Vf,
+                PortRole::Underlay => Role::Underlay,
             };
             if role != runtime.spec.role {
                 return Err(ApplyError {
@@ -872,7 +890,14 @@ impl<B: Switch> Engine<B> {
                 to_host: c.to_host,
                 dropped: DropReason::ALL
                     .iter()
-                    .map(|r| (r.name().to_owned(), c.drops(*r)))
+                    .map(|r| {
+                        let switch = if *r == DropReason::TooBig {
+                            self.switch_too_big
+                        } else {
+                            0
+                        };
+                        (r.name().to_owned(), c.drops(*r) + switch)
+                    })
                     .chain([("vlan_action".to_owned(), self.vlan_errors)])
                     .collect(),
                 sessions_opened: c.sessions_opened,

@@ -161,7 +161,9 @@ impl Net {
                     };
                 }
                 Verdict::ToHost => panic!("to host"),
-                Verdict::Forward { port: out, vlan } => {
+                Verdict::Forward {
+                    port: out, vlan, ..
+                } => {
                     frame = apply_vlan(&frame, vlan);
                     if self.dp.config().uplink(out).is_some() {
                         return Walk {

@@ -27,6 +27,22 @@
 //! part of the chain it travels: onwards from the rewriting instance, and
 //! back up to it.
 //!
+//! A hop whose instance is behind another DPU (a peer) is a VXLAN
+//! encapsulation (see `chaingate_shared::underlay`): the rule into it pops
+//! the segment tag if there is one, counts into the instance's counter
+//! and encapsulates towards the peer; the rule that takes the packet back
+//! matches the outer headers (the peer's address, VXLAN, the VNI of the
+//! return) and the inner 5-tuple, decapsulates and goes on. The outer UDP
+//! source port of a hardware encapsulation is one per (peer, VNI), not per
+//! flow as in software: the encapsulation is defined once and shared.
+//! mlx5 takes one reformat per rule, so a packet going from one remote
+//! instance straight to another (decap and encap) stays in software there.
+//!
+//! The DPU that delivers to a local instance for a peer has stateless
+//! rules ([`guest_rules`]): per (peer, segment, instance), decapsulate
+//! and tag with the guest tag towards the instance, and back: pop the
+//! guest tag and encapsulate towards the peer.
+//!
 //! Patterns are written so that they mean the same under rte_flow's
 //! documented semantics and mlx5's (the software eSwitch's two profiles):
 //! `has_vlan` on the ETH item rather than a TPID in its type, the L3
@@ -36,14 +52,16 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use chaingate_shared::config::{Config, MAX_HOPS, Segment, Travel, Uplink};
-use chaingate_shared::{ChainId, FlowKey, InstanceId, IpProtocol, PortId, VlanId};
+use chaingate_shared::config::{Attachment, Config, MAX_HOPS, Segment, Travel, Uplink};
+use chaingate_shared::underlay::{Leg, VXLAN_PORT, Vni};
+use chaingate_shared::{ChainId, FlowKey, InstanceId, IpProtocol, PeerId, PortId, VlanId};
 
 use super::CounterId;
 use super::rule::{
-    Action, ActionKind, Age, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields, Item,
-    Rule, RuleFull, Spec, TcpFields, UdpFields, VlanFields,
+    Action, ActionKind, Age, EncapId, EthFields, Icmp6Fields, IcmpFields, Ipv4Fields, Ipv6Fields,
+    Item, Rule, RuleFull, Spec, TcpFields, UdpFields, VlanFields, VxlanFields, VxlanTunnel,
 };
+use crate::datapath::Encap;
 use crate::session::{Session, SessionAction};
 use crate::wire::EtherType;
 use crate::wire::tcp::TcpFlags;
@@ -87,6 +105,55 @@ pub const FROM_INSTANCE: [&[ActionKind]; 2] = [
     ],
 ];
 
+/// The actions templates of rules that send packets to a peer: into a
+/// remote instance from an uplink, from a local instance, and a local
+/// instance's answer to a peer (a guest tag).
+pub const TO_PEER: [&[ActionKind]; 3] = [
+    &[
+        ActionKind::SharedCount,
+        ActionKind::VxlanEncap,
+        ActionKind::RepresentedPort,
+    ],
+    &[
+        ActionKind::OfPopVlan,
+        ActionKind::SharedCount,
+        ActionKind::VxlanEncap,
+        ActionKind::RepresentedPort,
+    ],
+    &[
+        ActionKind::OfPopVlan,
+        ActionKind::VxlanEncap,
+        ActionKind::RepresentedPort,
+    ],
+];
+
+/// The actions templates of rules that take packets from a peer: into a
+/// local instance, out of the chain.
+pub const FROM_PEER: [&[ActionKind]; 2] = [
+    &[
+        ActionKind::VxlanDecap,
+        ActionKind::SharedCount,
+        ActionKind::OfPushVlan,
+        ActionKind::OfSetVlanVid,
+        ActionKind::RepresentedPort,
+    ],
+    &[
+        ActionKind::VxlanDecap,
+        ActionKind::Age,
+        ActionKind::RepresentedPort,
+    ],
+];
+
+/// The actions template of a rule that takes packets from one peer's
+/// instance on to another remote instance: a table of its own, since
+/// mlx5 refuses it (one reformat per rule) and with it its whole table.
+pub const PEER_TO_PEER: [&[ActionKind]; 1] = [&[
+    ActionKind::VxlanDecap,
+    ActionKind::SharedCount,
+    ActionKind::VxlanEncap,
+    ActionKind::RepresentedPort,
+]];
+
 /// The actions template of the base jumps.
 pub const JUMP: [&[ActionKind]; 1] = [&[ActionKind::Jump]];
 
@@ -97,6 +164,22 @@ pub const JUMP: [&[ActionKind]; 1] = [&[ActionKind::Jump]];
 pub fn templates_for(rule: &Rule) -> &'static [&'static [ActionKind]] {
     if rule.actions.iter().any(|a| matches!(a, Action::Jump(_))) {
         &JUMP
+    } else if rule.actions.iter().any(|a| matches!(a, Action::VxlanDecap)) {
+        if rule
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::VxlanEncap(_)))
+        {
+            &PEER_TO_PEER
+        } else {
+            &FROM_PEER
+        }
+    } else if rule
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::VxlanEncap(_)))
+    {
+        &TO_PEER
     } else if rule
         .actions
         .iter()
@@ -170,9 +253,52 @@ struct Step {
     /// Ingress port, and the segment tag it carries there (from an
     /// instance).
     from: (PortId, Option<VlanId>),
+    /// Over the underlay from this peer, with this VNI (a remote
+    /// instance's return).
+    from_peer: Option<(PeerId, Vni)>,
     /// Egress port, the instance it delivers to, and the tag it must carry
     /// (`None`: leaves the chain).
     to: (PortId, Option<(InstanceId, VlanId)>),
+    /// Over the underlay to this peer, with this VNI (a remote instance).
+    to_peer: Option<(PeerId, Vni)>,
+}
+
+/// What a rule needs of the backend besides the rule: an instance's shared
+/// counter, an encapsulation's handle. A closure gives counters only.
+pub trait Handles {
+    /// The instance's shared counter.
+    fn counter(&self, instance: InstanceId) -> Option<CounterId>;
+    /// The handle of an encapsulation defined with the backend.
+    fn encap(&self, _tunnel: &VxlanTunnel) -> Option<EncapId> {
+        None
+    }
+}
+
+impl<F: Fn(InstanceId) -> Option<CounterId>> Handles for F {
+    fn counter(&self, instance: InstanceId) -> Option<CounterId> {
+        self(instance)
+    }
+}
+
+/// The reason given for a customer-tagged session through a remote hop.
+pub const INNER_TAGS: &str = "customer VLAN tags inside the underlay";
+
+/// The reason given for an encapsulation the backend has no handle for.
+pub const NO_ENCAP: &str = "an encapsulation not defined with the backend";
+
+/// The outer headers of a hardware encapsulation towards `peer` with
+/// `vni`: one per (peer, VNI), its UDP source port from the VNI.
+#[must_use]
+pub fn tunnel_to(config: &Config, peer: PeerId, vni: Vni) -> Option<VxlanTunnel> {
+    let v = vni.encode();
+    #[allow(clippy::cast_possible_truncation)] // 14 bits
+    let src_port = 0xC000 | (v ^ (v >> 14)) as u16 & 0x3FFF;
+    Encap {
+        peer,
+        vni,
+        src_port,
+    }
+    .tunnel(config)
 }
 
 /// Appends the rules of `session` to `out`, in session group `group`.
@@ -185,7 +311,7 @@ pub fn session_rules(
     config: &Config,
     session: &Session,
     group: u32,
-    counter: impl Fn(InstanceId) -> Option<CounterId>,
+    handles: impl Handles,
     age: Age,
     out: &mut Vec<Rule>,
 ) -> Result<(), GenerateError> {
@@ -195,9 +321,16 @@ pub fn session_rules(
     }
     let opener = session.origin().travel();
     let shared = |i: InstanceId| {
-        counter(i)
+        handles
+            .counter(i)
             .map(Action::SharedCount)
             .ok_or(GenerateError::Unsupported(NO_COUNTER))
+    };
+    let encap = |peer: PeerId, vni: Vni| {
+        tunnel_to(config, peer, vni)
+            .and_then(|t| handles.encap(&t))
+            .map(Action::VxlanEncap)
+            .ok_or(GenerateError::Unsupported(NO_ENCAP))
     };
     for travel in [opener, opener.reverse()] {
         // The packet's own key in this direction: the session stores the
@@ -211,31 +344,41 @@ pub fn session_rules(
         let exit = config.uplink_port(travel.exit());
         match session.action() {
             SessionAction::Bypass => {
-                let r = matching(out, group, &dir_key, (entry, None))?;
+                let r = matching(out, group, &dir_key, (entry, None), None, config)?;
                 r.action(Action::Age(age))?
                     .action(Action::RepresentedPort(exit))?;
             }
             SessionAction::Drop(_) => {
-                let r = matching(out, group, &dir_key, (entry, None))?;
+                let r = matching(out, group, &dir_key, (entry, None), None, config)?;
                 r.action(Action::Age(age))?.action(Action::Drop)?;
             }
             SessionAction::Chain(chain) => {
                 for step in walk(config, session, chain, travel, entry, exit)? {
-                    let r = matching(out, group, &dir_key, step.from)?;
-                    match (step.from.1, step.to.1) {
-                        (None, Some((instance, tag))) => {
+                    let r = matching(out, group, &dir_key, step.from, step.from_peer, config)?;
+                    if step.from_peer.is_some() {
+                        r.action(Action::VxlanDecap)?;
+                    }
+                    let tagged = step.from.1.is_some();
+                    match (step.to.1, step.to_peer) {
+                        (Some((instance, _)), Some((peer, vni))) => {
+                            if tagged {
+                                r.action(Action::OfPopVlan)?;
+                            }
+                            r.action(shared(instance)?)?.action(encap(peer, vni)?)?;
+                        }
+                        (Some((instance, tag)), None) if tagged => {
+                            r.action(shared(instance)?)?
+                                .action(Action::OfSetVlanVid(tag))?;
+                        }
+                        (Some((instance, tag)), None) => {
                             r.action(shared(instance)?)?
                                 .action(Action::OfPushVlan(EtherType::Vlan.number()))?
                                 .action(Action::OfSetVlanVid(tag))?;
                         }
-                        (Some(_), Some((instance, tag))) => {
-                            r.action(shared(instance)?)?
-                                .action(Action::OfSetVlanVid(tag))?;
-                        }
-                        (Some(_), None) => {
-                            r.action(Action::OfPopVlan)?.action(Action::Age(age))?;
-                        }
-                        (None, None) => {
+                        (None, _) => {
+                            if tagged {
+                                r.action(Action::OfPopVlan)?;
+                            }
                             r.action(Action::Age(age))?;
                         }
                     }
@@ -321,9 +464,27 @@ fn walk(
     };
     let mut steps = Steps::new();
     let push = |steps: &mut Steps, step| steps.push(step).map_err(|_| GenerateError::TooLong);
+    let remote = |i: InstanceId| match config.instance(i).map(|inst| inst.attachment()) {
+        Some(Attachment::Remote { peer, slot, .. }) => Some((peer, slot)),
+        _ => None,
+    };
     let mut from: (PortId, Option<VlanId>) = (entry, None);
+    let mut from_peer = None;
     for (n, &(hop, instance)) in stops.iter().enumerate() {
         let t = tag(hop)?;
+        let at = remote(instance);
+        let vni = |leg| {
+            at.map(|(peer, slot)| {
+                (
+                    peer,
+                    Vni {
+                        segment: t,
+                        leg,
+                        slot,
+                    },
+                )
+            })
+        };
         // A continuation's own direction starts as the packet comes back
         // from its first instance: no step into it.
         if !(cont_start.is_some() && n == 0) {
@@ -331,7 +492,9 @@ fn walk(
                 &mut steps,
                 Step {
                     from,
+                    from_peer,
                     to: (port_of(instance, true)?, Some((instance, t))),
+                    to_peer: vni(Leg::Deliver),
                 },
             )?;
         }
@@ -340,13 +503,18 @@ fn walk(
             // original session's rules take the restored packet.
             return Ok(steps);
         }
-        from = (port_of(instance, false)?, Some(t));
+        // Back from a remote instance the packet carries no tag: the VNI
+        // says where it is.
+        from = (port_of(instance, false)?, Some(t).filter(|_| at.is_none()));
+        from_peer = vni(Leg::Return);
     }
     push(
         &mut steps,
         Step {
             from,
+            from_peer,
             to: (exit, None),
+            to_peer: None,
         },
     )?;
     Ok(steps)
@@ -359,10 +527,15 @@ fn matching<'a>(
     group: u32,
     key: &FlowKey,
     from: (PortId, Option<VlanId>),
+    from_peer: Option<(PeerId, Vni)>,
+    config: &Config,
 ) -> Result<&'a mut Rule, GenerateError> {
     out.push(Rule::transfer(group, SESSION_PRIORITY));
     let r = out.last_mut().ok_or(GenerateError::TooLong)?;
     r.item(Item::RepresentedPort(from.0))?;
+    if let Some((peer, vni)) = from_peer {
+        underlay_items(r, config, peer, vni)?;
+    }
     let l3_type = if key.is_ipv6() {
         EtherType::Ipv6
     } else {
@@ -379,13 +552,21 @@ fn matching<'a>(
         tags.push(*vid).map_err(|_| GenerateError::TooLong)?;
     }
     let tagged = !tags.is_empty();
+    if from_peer.is_some() && tagged {
+        // Inner VLAN items are not matched (mlx5 22.11, see
+        // docs/offload.md): such sessions stay in software.
+        return Err(GenerateError::Unsupported(INNER_TAGS));
+    }
+    // The inner ETH item says nothing: inner `has_vlan` is not matched
+    // either, so an inner frame is told by its 5-tuple and VNI alone.
+    let vlan_mask = from_peer.is_none();
     r.item(Item::Eth(Spec::new(
         EthFields {
             has_vlan: tagged,
             ..EthFields::default()
         },
         EthFields {
-            has_vlan: true,
+            has_vlan: vlan_mask,
             ..EthFields::default()
         },
     )))?;
@@ -478,6 +659,219 @@ fn matching<'a>(
     Ok(r)
 }
 
+/// The outer items of a frame from `peer` with `vni`: untagged Ethernet,
+/// IPv4 from the peer to this DPU, UDP to the VXLAN port, the VNI.
+fn underlay_items(
+    r: &mut Rule,
+    config: &Config,
+    peer: PeerId,
+    vni: Vni,
+) -> Result<(), GenerateError> {
+    let (Some(own), Some(p)) = (config.underlay(), config.peer(peer)) else {
+        return Err(GenerateError::Stale);
+    };
+    r.item(Item::Eth(Spec::new(
+        EthFields::default(),
+        EthFields {
+            has_vlan: true,
+            ..EthFields::default()
+        },
+    )))?
+    .item(Item::Ipv4(Spec::new(
+        Ipv4Fields {
+            src: p.addr().to_bits(),
+            dst: own.addr.to_bits(),
+            proto: 17,
+            tos: 0,
+        },
+        Ipv4Fields {
+            src: u32::MAX,
+            dst: u32::MAX,
+            proto: 0xFF,
+            tos: 0,
+        },
+    )))?
+    .item(Item::Udp(Spec::new(
+        UdpFields {
+            src_port: 0,
+            dst_port: VXLAN_PORT,
+        },
+        UdpFields {
+            src_port: 0,
+            dst_port: 0xFFFF,
+        },
+    )))?
+    .item(Item::Vxlan(Spec::new(
+        VxlanFields { vni: vni.encode() },
+        VxlanFields {
+            vni: VxlanFields::VNI_MASK,
+        },
+    )))?;
+    Ok(())
+}
+
+/// The stateless rules of a DPU that delivers to its instances for peers:
+/// per peer, segment and local instance of the segment's service, the
+/// frame from the peer decapsulated and tagged with the peer's guest tag
+/// towards the instance (counted as the instance's load), and what the
+/// instance sends back with that tag untagged and encapsulated towards
+/// the peer.
+///
+/// # Errors
+/// [`GenerateError`] when a rule cannot be expressed (an encapsulation or
+/// counter without a handle).
+pub fn guest_rules(
+    config: &Config,
+    group: u32,
+    handles: &impl Handles,
+    out: &mut Vec<Rule>,
+) -> Result<(), GenerateError> {
+    let Some(own) = config.underlay().copied() else {
+        return Ok(());
+    };
+    for (p, _) in config.peers().iter().enumerate() {
+        let peer = PeerId::from_index(u16::try_from(p).map_err(|_| GenerateError::Stale)?);
+        for (c, chain) in config.chains().iter().enumerate() {
+            let chain_id = ChainId::from_index(u16::try_from(c).map_err(|_| GenerateError::Stale)?);
+            for (hop, service) in chain.services().iter().enumerate() {
+                for travel in [Travel::ToWan, Travel::ToLan] {
+                    let segment = Segment {
+                        chain: chain_id,
+                        hop: u8::try_from(hop).map_err(|_| GenerateError::Stale)?,
+                        travel,
+                    };
+                    let (Some(tag), Some(guest)) = (
+                        config.segment_tag(segment),
+                        config
+                            .segment_tag(segment)
+                            .and_then(|t| config.guest_tag(peer, t)),
+                    ) else {
+                        return Err(GenerateError::Stale);
+                    };
+                    for (instance, inst) in config.instances_of(*service) {
+                        let a = inst.attachment();
+                        if a.is_remote() {
+                            continue;
+                        }
+                        let slot = u8::try_from(a.entry(Travel::ToWan).index())
+                            .map_err(|_| GenerateError::Stale)?;
+                        let vni = |leg| Vni {
+                            segment: tag,
+                            leg,
+                            slot,
+                        };
+                        let counter = handles
+                            .counter(instance)
+                            .ok_or(GenerateError::Unsupported(NO_COUNTER))?;
+                        let back = tunnel_to(config, peer, vni(Leg::Return))
+                            .and_then(|t| handles.encap(&t))
+                            .ok_or(GenerateError::Unsupported(NO_ENCAP))?;
+                        out.push(Rule::transfer(group, SESSION_PRIORITY));
+                        let r = out.last_mut().ok_or(GenerateError::TooLong)?;
+                        r.item(Item::RepresentedPort(own.port))?;
+                        underlay_items(r, config, peer, vni(Leg::Deliver))?;
+                        r.action(Action::VxlanDecap)?
+                            .action(Action::SharedCount(counter))?
+                            .action(Action::OfPushVlan(EtherType::Vlan.number()))?
+                            .action(Action::OfSetVlanVid(guest))?
+                            .action(Action::RepresentedPort(a.entry(travel)))?;
+                        out.push(Rule::transfer(group, SESSION_PRIORITY));
+                        let r = out.last_mut().ok_or(GenerateError::TooLong)?;
+                        r.item(Item::RepresentedPort(a.exit(travel)))?
+                            .item(Item::Eth(Spec::new(
+                                EthFields {
+                                    has_vlan: true,
+                                    ..EthFields::default()
+                                },
+                                EthFields {
+                                    has_vlan: true,
+                                    ..EthFields::default()
+                                },
+                            )))?
+                            .item(Item::Vlan(Spec::new(
+                                VlanFields {
+                                    tci: guest.get(),
+                                    ..VlanFields::default()
+                                },
+                                VlanFields {
+                                    tci: VlanId::MAX,
+                                    ..VlanFields::default()
+                                },
+                            )))?;
+                        r.action(Action::OfPopVlan)?
+                            .action(Action::VxlanEncap(back))?
+                            .action(Action::RepresentedPort(own.port))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every encapsulation the rules of `config` use: towards each remote
+/// instance for each segment of its service, and back to each peer from
+/// each local instance for each segment of its service.
+#[must_use]
+pub fn tunnels(config: &Config) -> Vec<VxlanTunnel> {
+    let mut out = Vec::new();
+    for (c, chain) in config.chains().iter().enumerate() {
+        for (hop, service) in chain.services().iter().enumerate() {
+            for travel in [Travel::ToWan, Travel::ToLan] {
+                let segment = Segment {
+                    chain: ChainId::from_index(u16::try_from(c).unwrap_or(u16::MAX)),
+                    hop: u8::try_from(hop).unwrap_or(u8::MAX),
+                    travel,
+                };
+                let Some(tag) = config.segment_tag(segment) else {
+                    continue;
+                };
+                for (_, inst) in config.instances_of(*service) {
+                    let a = inst.attachment();
+                    let targets: Vec<(PeerId, Vni)> = match a {
+                        Attachment::Remote { peer, slot, .. } => {
+                            alloc::vec![(
+                                peer,
+                                Vni {
+                                    segment: tag,
+                                    leg: Leg::Deliver,
+                                    slot
+                                }
+                            )]
+                        }
+                        _ => {
+                            let Ok(slot) = u8::try_from(a.entry(Travel::ToWan).index()) else {
+                                continue;
+                            };
+                            (0..config.peers().len())
+                                .filter_map(|p| u16::try_from(p).ok())
+                                .map(|p| {
+                                    (
+                                        PeerId::from_index(p),
+                                        Vni {
+                                            segment: tag,
+                                            leg: Leg::Return,
+                                            slot,
+                                        },
+                                    )
+                                })
+                                .collect()
+                        }
+                    };
+                    for (peer, vni) in targets {
+                        if let Some(t) = tunnel_to(config, peer, vni)
+                            && !out.contains(&t)
+                        {
+                            out.push(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn v6(a: IpAddr) -> u128 {
     match a {
         IpAddr::V6(a) => a.to_bits(),
@@ -545,7 +939,7 @@ mod tests {
             &r.config,
             &s,
             2,
-            |i| Some(CounterId(i.index() as u32 + 100)),
+            |i: InstanceId| Some(CounterId(i.index() as u32 + 100)),
             AGE,
             &mut out,
         )

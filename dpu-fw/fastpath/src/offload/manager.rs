@@ -39,8 +39,12 @@ use core::hash::Hasher;
 use chaingate_shared::config::MAX_HOPS;
 use chaingate_shared::{InstanceId, Name, Nanos};
 
-use super::generate::{GenerateError, SESSION_GROUPS, base_rules, session_rules, templates_for};
+use super::generate::{
+    GenerateError, Handles, SESSION_GROUPS, base_rules, guest_rules, session_rules, templates_for,
+    tunnels,
+};
 use super::rule::{Action, Age, Item};
+use super::rule::{EncapId, VxlanTunnel};
 use super::template::{ActionsTemplate, Place, TableId, TableSpec};
 use super::{CounterId, Counts, FlowOffload, OffloadError, Refusal, Rule, RuleHandle};
 use crate::datapath::{Datapath, Event};
@@ -184,6 +188,8 @@ pub struct OffloadManager<B> {
     pending: VecDeque<SessionId>,
     /// Per instance of the configuration in force.
     counters: Vec<Option<Shared>>,
+    /// The encapsulations towards peers defined with the backend.
+    encaps: Vec<(VxlanTunnel, EncapId)>,
     /// Why the last shared counter could not be made: what sessions
     /// through an instance without one are refused for.
     counter_error: Option<OffloadError>,
@@ -224,6 +230,7 @@ impl<B: FlowOffload> OffloadManager<B> {
             entries: alloc::vec![Entry::default(); dp.sessions().capacity()],
             pending: VecDeque::with_capacity(options.batch * 4),
             counters: Vec::new(),
+            encaps: Vec::new(),
             counter_error: None,
             retired: Vec::new(),
             ports: port_names(dp),
@@ -330,10 +337,12 @@ impl<B: FlowOffload> OffloadManager<B> {
             let Some(session) = dp.session(id) else {
                 continue;
             };
-            let counters = &self.counters;
-            let counter = |i: InstanceId| shared_counter(counters, i);
+            let known = Known {
+                counters: &self.counters,
+                encaps: &self.encaps,
+            };
             let age = age_of(dp, session, id);
-            if session_rules(dp.config(), session, self.group, counter, age, out).is_ok() {
+            if session_rules(dp.config(), session, self.group, known, age, out).is_ok() {
                 seen += 1;
             }
         }
@@ -382,6 +391,17 @@ impl<B: FlowOffload> OffloadManager<B> {
         }
         self.retired.extend(old.into_iter().map(|s| s.counter));
         self.counters = counters;
+        // Encapsulations are kept once defined: a peer's tunnels change
+        // only with the chains or the peer's address.
+        for t in tunnels(config) {
+            if self.encaps.iter().any(|(k, _)| *k == t) {
+                continue;
+            }
+            match self.backend.create_encap(&t) {
+                Ok(id) => self.encaps.push((t, id)),
+                Err(e) => self.counter_error = Some(e),
+            }
+        }
     }
 
     /// The place of `rule`, the `nth` of its session (sessions list their
@@ -451,8 +471,55 @@ impl<B: FlowOffload> OffloadManager<B> {
         Ok(Place { table: id, actions })
     }
 
-    /// Makes the base jumps to `group` at `priority` in group 0.
+    /// Makes the rules of frames delivered for peers in `group` (see
+    /// [`guest_rules`]); what cannot be made is counted as base rules
+    /// refused, and those frames take the fast path.
+    fn make_guest_rules(&mut self, dp: &Datapath, group: u32) -> Vec<RuleHandle> {
+        let mut rules = Vec::new();
+        let known = Known {
+            counters: &self.counters,
+            encaps: &self.encaps,
+        };
+        if guest_rules(dp.config(), group, &known, &mut rules).is_err() {
+            self.stats.base_refused += 1;
+            return Vec::new();
+        }
+        let mut placed = Vec::with_capacity(rules.len());
+        let mut places = Vec::with_capacity(rules.len());
+        for rule in rules {
+            match self.find_place(&rule) {
+                Ok(p) => {
+                    placed.push(rule);
+                    places.push(p);
+                }
+                Err(_) => self.stats.base_refused += 1,
+            }
+        }
+        let mut out = Vec::new();
+        self.backend.enqueue(&placed, &places, &mut out);
+        let mut handles = Vec::new();
+        for r in out {
+            match r {
+                Ok(h) => {
+                    handles.push(h);
+                    self.stats.created += 1;
+                }
+                Err(_) => self.stats.base_refused += 1,
+            }
+        }
+        handles
+    }
+
+    /// Makes the base jumps to `group` at `priority` in group 0, and the
+    /// rules of frames delivered for peers in `group`.
     fn make_jumps(&mut self, dp: &Datapath, group: u32, priority: u32) -> Vec<RuleHandle> {
+        let mut guests = self.make_guest_rules(dp, group);
+        let mut jumps = self.make_base_jumps(dp, group, priority);
+        jumps.append(&mut guests);
+        jumps
+    }
+
+    fn make_base_jumps(&mut self, dp: &Datapath, group: u32, priority: u32) -> Vec<RuleHandle> {
         let Ok(rules) = base_rules(dp.config(), group, priority) else {
             self.stats.base_refused += 1;
             return Vec::new();
@@ -537,9 +604,11 @@ impl<B: FlowOffload> OffloadManager<B> {
                 && dp.session(*id).is_some_and(|s| {
                     self.scratch.clear();
                     let age = age_of(dp, s, *id);
-                    let counters = &self.counters;
-                    let counter = |i: InstanceId| shared_counter(counters, i);
-                    session_rules(dp.config(), s, group, counter, age, &mut self.scratch).is_ok()
+                    let known = Known {
+                        counters: &self.counters,
+                        encaps: &self.encaps,
+                    };
+                    session_rules(dp.config(), s, group, known, age, &mut self.scratch).is_ok()
                         && fingerprint(&self.scratch) == e.print
                 });
             if !keep {
@@ -712,10 +781,12 @@ impl<B: FlowOffload> OffloadManager<B> {
             sessions += 1;
             let start = self.scratch.len();
             let age = age_of(dp, session, id);
-            let counters = &self.counters;
-            let counter = |i: InstanceId| shared_counter(counters, i);
+            let known = Known {
+                counters: &self.counters,
+                encaps: &self.encaps,
+            };
             if let Err(e) =
-                session_rules(dp.config(), session, group, counter, age, &mut self.scratch)
+                session_rules(dp.config(), session, group, known, age, &mut self.scratch)
             {
                 self.scratch.truncate(start);
                 let (why, reason) = match (e, self.counter_error) {
@@ -925,6 +996,26 @@ fn shared_counter(counters: &[Option<Shared>], i: InstanceId) -> Option<CounterI
         .get(i.index())
         .and_then(Option::as_ref)
         .map(|s| s.counter)
+}
+
+/// The backend's handles the manager knows: shared counters and
+/// encapsulations.
+struct Known<'a> {
+    counters: &'a [Option<Shared>],
+    encaps: &'a [(VxlanTunnel, EncapId)],
+}
+
+impl Handles for Known<'_> {
+    fn counter(&self, instance: InstanceId) -> Option<CounterId> {
+        shared_counter(self.counters, instance)
+    }
+
+    fn encap(&self, tunnel: &VxlanTunnel) -> Option<EncapId> {
+        self.encaps
+            .iter()
+            .find(|(t, _)| t == tunnel)
+            .map(|(_, id)| *id)
+    }
 }
 
 /// The AGE a session's rules carry: half its idle timeout (at least a

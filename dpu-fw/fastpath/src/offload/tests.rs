@@ -237,7 +237,9 @@ impl Node<SoftSwitch> {
                     let verdict = self.dp.process(p, &buf.frame(), now);
                     self.mgr.handle_events(&mut self.dp);
                     match verdict {
-                        Verdict::Forward { port: out, vlan } => {
+                        Verdict::Forward {
+                            port: out, vlan, ..
+                        } => {
                             buf.with(|fb| apply(fb, vlan));
                             out
                         }
@@ -274,7 +276,10 @@ impl Node<Refusing> {
         for fast_path in 1..=32 {
             let verdict = self.dp.process(port, &buf.frame(), self.now);
             self.mgr.handle_events(&mut self.dp);
-            let Verdict::Forward { port: out, vlan } = verdict else {
+            let Verdict::Forward {
+                port: out, vlan, ..
+            } = verdict
+            else {
                 return Walk {
                     exit: None,
                     visited,
