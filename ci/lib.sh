@@ -27,6 +27,18 @@ ensure_packages() {
   apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# What the agent's build and the cluster tests need: protoc and the
+# well-known protobuf types (the etcd client's generated API), and the etcd
+# server the two-host rig runs.
+ensure_cluster_tools() {
+  ensure_packages protoc:protobuf-compiler etcd:etcd-server etcdctl:etcd-client
+  if [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -qq update >/dev/null
+    apt-get -qq install -y --no-install-recommends libprotobuf-dev >/dev/null
+  fi
+}
+
 # DPDK 22.11 for the `dpdk` feature: headers, the PMDs (net_ring,
 # net_af_packet, ...), libclang for bindgen, pkg-config.
 ensure_dpdk() {

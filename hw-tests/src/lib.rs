@@ -9,8 +9,12 @@
 //! - [`flows`]: the traffic tool: flows sent, checked and answered.
 //! - [`reflector`]: a bump-in-the-wire stand-in for a service instance.
 //! - [`dpu`]: `dpu-fw` as a child process with a generated configuration.
+//! - [`etcd`]: an etcd server as a child process, and a link to it a test
+//!   can cut, for the cluster inventory.
 //! - [`labrig`]: the description of a real BlueField rig (opt-in tests).
 //! - [`rig`]: one face for both, so that a scenario runs on either.
+//! - [`two_dpus`]: two `dpu-fw`s joined by an underlay, with instances
+//!   behind each (chains across DPUs).
 //!
 //! Everything here needs root (namespaces, raw sockets). [`require_root`]
 //! lets a test step aside for an unprivileged developer, and fails it in
@@ -19,6 +23,7 @@
 pub mod agent;
 pub mod dpu;
 pub mod endpoint;
+pub mod etcd;
 pub mod flows;
 pub mod frames;
 pub mod labrig;
@@ -27,6 +32,7 @@ pub mod reflector;
 pub mod rig;
 pub mod topology;
 pub mod traffic;
+pub mod two_dpus;
 pub mod vm;
 
 /// A binary of this workspace, beside the running test's profile
