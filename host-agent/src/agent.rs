@@ -127,6 +127,8 @@ pub struct Parts {
     pub runtime: tokio::runtime::Handle,
     /// Pacing.
     pub options: Options,
+    /// This host's part in a cluster of hosts, if it is in one.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 #[derive(Debug)]
@@ -479,6 +481,7 @@ fn with_instances(
             port: Some(r.vf.port.clone()),
             ingress: None,
             egress: None,
+            remote: None,
             state: if r.phase == Phase::Draining {
                 StateFile::Draining
             } else {
@@ -551,6 +554,9 @@ struct Supervisor {
     /// when the agent last said so.
     refused: Option<(u64, u64)>,
     refused_said: Option<Instant>,
+    /// Cluster-wide scaling decisions in flight: the service's lock, held
+    /// until the cluster shows `count` instances of it, or `until`.
+    deciding: HashMap<String, (crate::inventory::InventoryLock, u64, Instant)>,
 }
 
 impl Supervisor {
@@ -562,6 +568,7 @@ impl Supervisor {
             pending_out: HashMap::new(),
             refused: None,
             refused_said: None,
+            deciding: HashMap::new(),
             failures_in_a_row: HashMap::new(),
             shared,
             first: true,
@@ -730,6 +737,17 @@ impl Supervisor {
         self.pending_out
             .retain(|_, (since, _)| now.duration_since(*since) < Duration::from_secs(600));
 
+        let snapshot = parts
+            .cluster
+            .as_ref()
+            .map(|c| c.inventory.watch().borrow().clone());
+        // Decisions whose instance shows in the cluster (or that took too
+        // long) free their service's lock.
+        if let (Some(c), Some(snap)) = (&parts.cluster, &snapshot) {
+            self.deciding.retain(|service, (_, count, until)| {
+                c.count(snap, service, &records) < *count && now < *until
+            });
+        }
         for service in &gateway.services {
             let sc = &service.scaling;
             let policy = Policy {
@@ -746,7 +764,7 @@ impl Supervisor {
                     r.service == service.name && matches!(r.phase, Phase::Starting | Phase::Active)
                 })
                 .collect();
-            let load = Load {
+            let mut load = Load {
                 utilisation: telemetry
                     .instances
                     .iter()
@@ -754,11 +772,28 @@ impl Supervisor {
                     .map(|l| l.utilisation)
                     .collect(),
             };
-            let n = running.len() as u64;
-            match self.scaler.decide(&service.name, &policy, n, &load, now) {
+            let mut n = running.len() as u64;
+            // In a cluster the service is all its instances, on every host.
+            if let (Some(c), Some(snap)) = (&parts.cluster, &snapshot) {
+                if self.deciding.contains_key(&service.name) {
+                    continue;
+                }
+                let (theirs, count) = c.remote_load(snap, &service.name);
+                load.utilisation.extend(theirs);
+                n += count;
+            }
+            let decision = self.scaler.decide(&service.name, &policy, n, &load, now);
+            let decision = match (decision, &parts.cluster, &snapshot) {
+                (Decision::Out { .. } | Decision::In, Some(c), Some(snap)) => {
+                    self.cluster_decision(c, snap, &service.name, decision, n, &load, &records)?
+                }
+                _ => decision,
+            };
+            let local = running.len() as u64;
+            match decision {
                 Decision::Stay => {}
                 Decision::Out { since } => {
-                    parts.store.set_target(&service.name, n + 1)?;
+                    parts.store.set_target(&service.name, local + 1)?;
                     let before = running.iter().map(|r| r.name.clone()).collect();
                     self.pending_out
                         .insert(service.name.clone(), (since, before));
@@ -776,7 +811,9 @@ impl Supervisor {
                     );
                 }
                 Decision::In => {
-                    parts.store.set_target(&service.name, n - 1)?;
+                    parts
+                        .store
+                        .set_target(&service.name, local.saturating_sub(1))?;
                     self.shared.event(
                         "scale_in",
                         &service.name,
@@ -802,6 +839,96 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// A scaling decision for a service of the cluster: taken under the
+    /// service's cluster-wide lock (another host deciding for it: none
+    /// here), and placed. Scale-out goes to this host while it has a free
+    /// VF, else to the host with the most free VFs, which is asked
+    /// through the inventory (the decision is then made: `Stay` here).
+    /// Scale-in drains one of this host's instances, if it has one.
+    #[allow(clippy::too_many_arguments)]
+    fn cluster_decision(
+        &mut self,
+        c: &crate::cluster::Cluster,
+        snap: &crate::inventory::Snapshot,
+        service: &str,
+        decision: Decision,
+        n: u64,
+        load: &Load,
+        records: &BTreeMap<String, InstanceRecord>,
+    ) -> Result<Decision, StoreError> {
+        let parts = &self.shared.parts;
+        let Some(lock) = c.try_lock(service, &parts.runtime) else {
+            // Another host decides for this service now.
+            self.scaler.reset(service);
+            return Ok(Decision::Stay);
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        let local = records
+            .values()
+            .filter(|r| r.service == service && matches!(r.phase, Phase::Starting | Phase::Active))
+            .count() as u64;
+        match decision {
+            Decision::Out { since } => {
+                let used: BTreeSet<&VfRef> = records.values().map(|r| &r.vf).collect();
+                let free = parts
+                    .pool
+                    .all()
+                    .iter()
+                    .filter(|v| !used.contains(&v.vf))
+                    .count();
+                match c.place(snap, u32::try_from(free).unwrap_or(u32::MAX)) {
+                    None => {
+                        self.say_once(
+                            service,
+                            "scale_out_refused",
+                            format!(
+                                "short of bandwidth ({}), but no host has a free VF",
+                                percentages(load)
+                            ),
+                        );
+                        Ok(Decision::Stay)
+                    }
+                    Some(host) if host == c.host => {
+                        self.deciding
+                            .insert(service.to_owned(), (lock, n + 1, until));
+                        Ok(Decision::Out { since })
+                    }
+                    Some(host) => {
+                        let theirs = snap
+                            .instances
+                            .values()
+                            .filter(|i| i.host == host && i.service == service)
+                            .count() as u64;
+                        if let Err(e) = c.ask(&host, service, theirs + 1, &parts.runtime) {
+                            tracing::warn!(service, host, error = %e, "could not place an instance");
+                            return Ok(Decision::Stay);
+                        }
+                        self.shared.event(
+                            "scale_out",
+                            service,
+                            "",
+                            format!(
+                                "load over its watermark on every instance ({}): {n} -> {} instances, the new one on host {host} (no free VF here)",
+                                percentages(load),
+                                n + 1
+                            ),
+                        );
+                        self.deciding
+                            .insert(service.to_owned(), (lock, n + 1, until));
+                        Ok(Decision::Stay)
+                    }
+                }
+            }
+            // The drain is in the store at once, and published with this
+            // pass: the lock can go with it.
+            Decision::In if local > 0 => {
+                drop(lock);
+                Ok(Decision::In)
+            }
+            _ => Ok(Decision::Stay),
+        }
     }
 
     /// After a start, and now and then: adopt what runs, relaunch what is
@@ -1159,6 +1286,23 @@ impl Supervisor {
         let Some(gateway) = desired else {
             return Ok(());
         };
+        // Instances other hosts asked this one for (it had a free VF).
+        if let Some(c) = &parts.cluster {
+            for (service, count) in c.asked(&c.inventory.watch().borrow()) {
+                let now_target = targets.get(&service).copied().unwrap_or_default();
+                if count > now_target {
+                    parts.store.set_target(&service, count)?;
+                    self.shared.event(
+                        "scale_out",
+                        &service,
+                        "",
+                        format!("another host asked for an instance here: target {count}"),
+                    );
+                }
+                c.answered(&service, &parts.runtime);
+            }
+        }
+        let targets = parts.store.targets()?;
         for service in &gateway.services {
             let target = targets
                 .get(&service.name)
@@ -1288,9 +1432,25 @@ impl Supervisor {
             return;
         }
         self.said.remove(&service.name);
+        // In a cluster the number comes from etcd: unique across hosts.
+        let number = match &parts.cluster {
+            None => 0,
+            Some(c) => match c.next_number(&service.name, &parts.runtime) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.back_off(&service.name);
+                    self.say_once(
+                        &service.name,
+                        "no_instance_number",
+                        format!("cannot number a new instance: {e}"),
+                    );
+                    return;
+                }
+            },
+        };
         match parts
             .store
-            .new_instance(&service.name, vf.vf, kind, now_ms())
+            .new_instance_from(&service.name, number, vf.vf, kind, now_ms())
         {
             Ok(record) => {
                 crash_point("recorded");
@@ -1318,7 +1478,32 @@ impl Supervisor {
             .values()
             .filter(|r| matches!(r.phase, Phase::Active | Phase::Draining))
             .collect();
-        let mut config = with_instances(gateway, &on_dpu, &parts.pool).to_proto(0);
+        let mut g = with_instances(gateway, &on_dpu, &parts.pool);
+        if let Some(c) = &parts.cluster {
+            let layout = crate::cluster::Cluster::layout(gateway);
+            let state = parts.dpu.state().borrow().clone();
+            let mine: Vec<&InstanceRecord> = records
+                .values()
+                .filter(|r| matches!(r.phase, Phase::Starting | Phase::Active | Phase::Draining))
+                .collect();
+            let used: BTreeSet<&VfRef> = records.values().map(|r| &r.vf).collect();
+            let free = parts
+                .pool
+                .all()
+                .iter()
+                .filter(|v| !used.contains(&v.vf))
+                .count();
+            let snapshot = c.inventory.watch().borrow().clone();
+            c.merge(&mut g, &snapshot, layout);
+            c.publish(
+                &g,
+                &mine,
+                state.telemetry.as_deref(),
+                u32::try_from(free).unwrap_or(u32::MAX),
+                layout,
+            );
+        }
+        let mut config = g.to_proto(0);
         if self.pushed.as_ref() == Some(&config) {
             return Ok(());
         }

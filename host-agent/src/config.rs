@@ -60,6 +60,52 @@ pub struct AgentConfig {
     pub vfs: Vec<VfFile>,
     /// VFs to make on a PF at start.
     pub sriov: Option<SriovFile>,
+    /// Several hosts: the inventory in etcd and this DPU's underlay
+    /// (docs/cluster.md); none: this host alone.
+    pub cluster: Option<ClusterFile>,
+}
+
+/// This host's place in a cluster of hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// This host's name, unique in the cluster (its keys are named after
+    /// it; no `/`).
+    pub host: String,
+    /// etcd's client URLs.
+    pub etcd: Vec<String>,
+    /// The prefix of the cluster's keys (default `/chaingate`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The lease's time to live: how long a dead host's instances stay in
+    /// the others' DPUs (default 10s).
+    #[serde(default = "default_ttl")]
+    pub lease_ttl: Millis,
+    /// This DPU's end of the underlay.
+    pub underlay: UnderlayPortFile,
+}
+
+fn default_prefix() -> String {
+    "/chaingate".into()
+}
+
+const fn default_ttl() -> Millis {
+    Millis(10_000)
+}
+
+/// The DPU's underlay port and addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayPortFile {
+    /// The DPU port (dpu-fw's configuration names it, role `underlay`).
+    pub port: String,
+    /// Its IPv4 address.
+    pub address: std::net::Ipv4Addr,
+    /// Its MAC address (`aa:bb:cc:dd:ee:ff`).
+    pub mac: String,
+    /// The largest IP packet the underlay carries (default 1500).
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
 
 impl Default for AgentConfig {
@@ -77,6 +123,7 @@ impl Default for AgentConfig {
             devfs: "/dev".into(),
             vfs: Vec::new(),
             sriov: None,
+            cluster: None,
         }
     }
 }
@@ -184,6 +231,23 @@ impl AgentConfig {
         })?;
         config.pool()?;
         config.mode()?;
+        if let Some(c) = &config.cluster {
+            let bad = |path: &str, message: String| ConfigError {
+                path: format!("cluster.{path}"),
+                message,
+            };
+            if c.host.is_empty() || c.host.contains('/') {
+                return Err(bad("host", "must be a name without /".into()));
+            }
+            if c.etcd.is_empty() {
+                return Err(bad("etcd", "give at least one etcd URL".into()));
+            }
+            chaingate_proto::convert::mac(&c.underlay.mac, "cluster.underlay.mac")
+                .map_err(|e| bad("underlay.mac", e.message))?;
+            if config.vfs.iter().any(|v| v.port == c.underlay.port) {
+                return Err(bad("underlay.port", format!("{} is a VF", c.underlay.port)));
+            }
+        }
         Ok(config)
     }
 

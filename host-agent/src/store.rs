@@ -244,6 +244,22 @@ impl Store {
         launcher: &str,
         now_ms: u64,
     ) -> Result<InstanceRecord, StoreError> {
+        self.new_instance_from(service, 0, vf, launcher, now_ms)
+    }
+
+    /// [`Self::new_instance`], numbered at least `at_least` (a number the
+    /// cluster handed out: unique across hosts).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn new_instance_from(
+        &self,
+        service: &str,
+        at_least: u64,
+        vf: VfRef,
+        launcher: &str,
+        now_ms: u64,
+    ) -> Result<InstanceRecord, StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         let record = {
             let mut counters = txn.open_table(COUNTERS).map_err(err)?;
@@ -251,7 +267,8 @@ impl Store {
             let n = counters
                 .get(key.as_str())
                 .map_err(err)?
-                .map_or(0, |v| v.value());
+                .map_or(0, |v| v.value())
+                .max(at_least);
             counters.insert(key.as_str(), n + 1).map_err(err)?;
             let record = InstanceRecord {
                 name: format!("{service}-{n}"),

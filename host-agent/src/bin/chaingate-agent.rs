@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chaingate_agent::agent::{Agent, Options, Parts};
+use chaingate_agent::cluster::Cluster;
 use chaingate_agent::config::{AgentConfig, ms};
 use chaingate_agent::dpu::{ClientOptions, DpuClient};
 use chaingate_agent::image::GuestKit;
@@ -173,6 +174,10 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             dpu,
             runtime: tokio::runtime::Handle::current(),
             options,
+            cluster: config.cluster.as_ref().map(|c| {
+                tracing::info!(host = %c.host, etcd = ?c.etcd, "joining the cluster");
+                Cluster::start(c, &tokio::runtime::Handle::current())
+            }),
         }));
         if let Some(addr) = config.metrics {
             let l = tokio::net::TcpListener::bind(addr)
