@@ -784,9 +784,16 @@ impl Supervisor {
             }
             let decision = self.scaler.decide(&service.name, &policy, n, &load, now);
             let decision = match (decision, &parts.cluster, &snapshot) {
-                (Decision::Out { .. } | Decision::In, Some(c), Some(snap)) => {
-                    self.cluster_decision(c, snap, &service.name, decision, n, &load, &records)?
-                }
+                (Decision::Out { .. } | Decision::In, Some(c), Some(snap)) => self
+                    .cluster_decision(
+                        c,
+                        snap,
+                        &service.name,
+                        decision,
+                        (n, policy.min),
+                        &load,
+                        &records,
+                    )?,
                 _ => decision,
             };
             let local = running.len() as u64;
@@ -846,7 +853,8 @@ impl Supervisor {
     /// here), and placed. Scale-out goes to this host while it has a free
     /// VF, else to the host with the most free VFs, which is asked
     /// through the inventory (the decision is then made: `Stay` here).
-    /// Scale-in drains one of this host's instances, if it has one.
+    /// Scale-in drains one of this host's instances, if it has more than
+    /// its own minimum.
     #[allow(clippy::too_many_arguments)]
     fn cluster_decision(
         &mut self,
@@ -854,7 +862,7 @@ impl Supervisor {
         snap: &crate::inventory::Snapshot,
         service: &str,
         decision: Decision,
-        n: u64,
+        (n, min): (u64, u64),
         load: &Load,
         records: &BTreeMap<String, InstanceRecord>,
     ) -> Result<Decision, StoreError> {
@@ -922,8 +930,8 @@ impl Supervisor {
                 }
             }
             // The drain is in the store at once, and published with this
-            // pass: the lock can go with it.
-            Decision::In if local > 0 => {
+            // pass: the lock can go with it. A host keeps its own minimum.
+            Decision::In if local > min => {
                 drop(lock);
                 Ok(Decision::In)
             }
@@ -1190,7 +1198,10 @@ impl Supervisor {
         let waited = Duration::from_millis(now_ms().saturating_sub(record.since_ms));
         let state = self.shared.parts.dpu.state().borrow().clone();
         // Empty only once the DPU itself reports the instance draining.
-        let empty = state.connected
+        // In a cluster other DPUs may hold sessions on it, which this
+        // DPU does not see: it drains for the whole drain timeout.
+        let empty = self.shared.parts.cluster.is_none()
+            && state.connected
             && state.telemetry.as_ref().is_some_and(|t| {
                 t.instances.iter().any(|l| {
                     l.instance == record.name

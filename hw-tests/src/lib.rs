@@ -33,6 +33,7 @@ pub mod rig;
 pub mod topology;
 pub mod traffic;
 pub mod two_dpus;
+pub mod two_hosts;
 pub mod vm;
 
 /// A binary of this workspace, beside the running test's profile
