@@ -1065,6 +1065,17 @@ impl Supervisor {
         let service = desired.and_then(|g| g.services.iter().find(|s| s.name == record.service));
         match record.phase {
             Phase::Stopping => {
+                // In a cluster the other DPUs take it out first (it is
+                // published down): their sessions move to other instances
+                // before it stops, for up to five seconds.
+                let waited = Duration::from_millis(now_ms().saturating_sub(record.since_ms));
+                if waited < Duration::from_secs(5)
+                    && parts.cluster.as_ref().is_some_and(|c| {
+                        c.used_elsewhere(&c.inventory.watch().borrow(), &record.name)
+                    })
+                {
+                    return Ok(());
+                }
                 crash_point("stopping");
                 if let Err(e) = launcher.stop(&record.name, &record.vf, parts.options.stop_timeout)
                 {
@@ -1198,9 +1209,15 @@ impl Supervisor {
         let waited = Duration::from_millis(now_ms().saturating_sub(record.since_ms));
         let state = self.shared.parts.dpu.state().borrow().clone();
         // Empty only once the DPU itself reports the instance draining.
-        // In a cluster other DPUs may hold sessions on it, which this
-        // DPU does not see: it drains for the whole drain timeout.
-        let empty = self.shared.parts.cluster.is_none()
+        // In a cluster other DPUs may hold sessions on it too: they say
+        // so in the inventory.
+        let elsewhere = self
+            .shared
+            .parts
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.used_elsewhere(&c.inventory.watch().borrow(), &record.name));
+        let empty = !elsewhere
             && state.connected
             && state.telemetry.as_ref().is_some_and(|t| {
                 t.instances.iter().any(|l| {

@@ -142,12 +142,24 @@ impl Cluster {
         free_vfs: u32,
         layout: Option<u64>,
     ) {
+        // The others' instances this DPU has sessions on.
+        let mut using: Vec<String> = telemetry
+            .map(|t| {
+                t.instances
+                    .iter()
+                    .filter(|l| l.sessions > 0 && !records.iter().any(|r| r.name == l.instance))
+                    .map(|l| l.instance.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        using.sort();
         let host = HostInfo {
             host: self.host.clone(),
             underlay: self.underlay.address,
             mac: self.underlay.mac.clone(),
             free_vfs,
             layout: layout.unwrap_or(0),
+            using,
         };
         let instances = records
             .iter()
@@ -186,6 +198,16 @@ impl Cluster {
             })
             .collect();
         self.inventory.set_local(host, instances);
+    }
+
+    /// Whether another host's DPU has sessions on `instance` (as that
+    /// host last said).
+    #[must_use]
+    pub fn used_elsewhere(&self, snapshot: &Snapshot, instance: &str) -> bool {
+        snapshot
+            .hosts
+            .values()
+            .any(|h| h.host != self.host && h.using.iter().any(|u| u == instance))
     }
 
     /// The utilisation of the other hosts' active instances of `service`

@@ -132,6 +132,11 @@ pub struct HostInfo {
     pub free_vfs: u32,
     /// A fingerprint of the chains it runs; opaque here.
     pub layout: u64,
+    /// Other hosts' instances its DPU has sessions on, by name, sorted
+    /// (a draining instance waits until no DPU uses it). Changes only when
+    /// an instance starts or stops being used: nothing is written at rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub using: Vec<String>,
 }
 
 /// What a host publishes about one of its service instances.

@@ -375,8 +375,12 @@ impl TwoDpus {
         let mut topo = Topology::new()?;
         let ul = topo.host_link("ul")?;
         let ends = [ul.inner.clone(), ul.outer.clone()];
+        // The veth carries what the configured underlay MTU lets through
+        // (a smaller link MTU would drop frames the DPU lets pass).
+        let mtu = cluster.mtu.max(1500).to_string();
         for (dpu, ifname) in Dpu::BOTH.into_iter().zip(&ends) {
             run("ip", &["link", "set", "dev", ifname, "address", dpu.mac()])?;
+            run("ip", &["link", "set", "dev", ifname, "mtu", &mtu])?;
             // A frame to its own MAC and a foreign address: never routed.
             let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
             std::fs::write(&path, "0")?;

@@ -46,6 +46,7 @@ fn host(name: &str) -> HostInfo {
         mac: "02:00:00:00:00:01".into(),
         free_vfs: 6,
         layout: 0x5eed,
+        using: Vec::new(),
     }
 }
 

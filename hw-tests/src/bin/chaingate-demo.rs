@@ -9,6 +9,11 @@
 //! and the agent's events, while the agent scales the firewall out and in.
 //! Ends with a summary, and removes everything it made (Ctrl-C ends it
 //! early, and still cleans up). Run as root.
+//!
+//! `--hosts 2`: two hosts, each with its DPU and agent, one etcd (the
+//! cluster of docs/cluster.md). Host A runs the chain on all its VFs;
+//! when the firewall runs short, the new instance starts on host B, and
+//! A's DPU reaches it over the underlay.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -23,6 +28,8 @@ use chaingate_hw_tests::flows::{Live, Plan};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::rig::Rig as _;
 use chaingate_hw_tests::traffic::{Sink, Traffic};
+use chaingate_hw_tests::two_dpus::Dpu;
+use chaingate_hw_tests::two_hosts::TwoHosts;
 use serde_json::Value;
 
 /// The ramp: (seconds, frames per second of 1000 bytes). The firewall has
@@ -271,6 +278,154 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// The gateway file of host `min` (1: A, which runs the chain; 0: B,
+/// which only takes instances when A has no VF left).
+fn cluster_gateway(min: u16) -> String {
+    WebChain {
+        firewall_capacity: "16Mbit".into(),
+        firewall_scaling: format!(
+            "{{ min: {min}, max: 3, scale_out_at: 60%, scale_in_at: 25%, hold: 2s, cooldown: 4s, drain_timeout: 3s }}"
+        ),
+        ids_scaling: format!("{{ min: {min}, max: 1 }}"),
+        nat_scaling: format!("{{ min: {min}, max: 1 }}"),
+        stamps: false,
+        ..WebChain::default()
+    }
+    .gateway()
+}
+
+fn run_two_hosts() -> Result<(), String> {
+    println!(
+        "chaingate demo, two hosts: two DPUs joined by a VXLAN underlay, two agents, one etcd..."
+    );
+    let rig =
+        TwoHosts::start([3, 3], Duration::from_secs(5)).map_err(|e| format!("the rig: {e}"))?;
+    let (a, b) = (rig.host(Dpu::A), rig.host(Dpu::B));
+    let up = Duration::from_secs(60);
+    a.agent
+        .apply_and_wait(&cluster_gateway(1), &["firewall-0", "ids-0", "nat-0"], up);
+    b.agent.apply_and_wait(&cluster_gateway(0), &[], up);
+    let start = Instant::now();
+    let mut sent_total = 0;
+    let mut lost_total = 0;
+    let mut where_ran = std::collections::BTreeSet::new();
+    let mut stages = Vec::new();
+    for (stage, (secs, pps)) in (1u8..).zip(RAMP) {
+        let live = Arc::new(Live::default());
+        let mut plan = Plan::udp(16, u32::try_from(secs).unwrap_or(60) * pps / 16, pps);
+        plan.client = SocketAddrV4::new(Ipv4Addr::new(10, stage, 0, 1), 4000);
+        plan.clients = 16;
+        plan.server = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 443);
+        plan.size = 1000;
+        plan.live = Some(Arc::clone(&live));
+        let traffic = rig.traffic_in_background(plan);
+        while !traffic.is_finished() {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                live.stop.store(true, Ordering::Relaxed);
+            }
+            let mut out = String::from("\x1b[H\x1b[2J");
+            let _ = writeln!(
+                out,
+                "chaingate demo, two hosts  {:>5.1} s   stage {stage}/{}: {pps} frames/s of 1 kB   sent {}\n",
+                start.elapsed().as_secs_f64(),
+                RAMP.len(),
+                sent_total + live.sent.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{:<6} {:<12} {:<9} {:<32} {:>6}",
+                "HOST", "INSTANCE", "PHASE", "LOAD (share of capacity)", "USE"
+            );
+            for (h, name) in [(Dpu::A, "a"), (Dpu::B, "b")] {
+                let st = serde_json::from_slice::<Value>(
+                    &rig.host(h).agent.cli(&["--json", "status"]).stdout,
+                )
+                .unwrap_or(Value::Null);
+                for i in st["instances"].as_array().into_iter().flatten() {
+                    let share = i["load"]["utilisation"].as_f64().unwrap_or(0.0);
+                    let inst = i["name"].as_str().unwrap_or("?");
+                    if i["phase"] == "active" {
+                        where_ran.insert(format!("{inst} on host {name}"));
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{name:<6} {inst:<12} {:<9} {} {:>5.0}%",
+                        i["phase"].as_str().unwrap_or("?"),
+                        bar(share, 32),
+                        share * 100.0
+                    );
+                }
+            }
+            let on_a: Vec<String> = rig
+                .dpu_instances(Dpu::A)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let _ = writeln!(out, "\nhost A's DPU chooses among: {}", on_a.join(", "));
+            for (h, name) in [(Dpu::A, "a"), (Dpu::B, "b")] {
+                let stats = rig.host(h).dpu.stats();
+                let sw = stats.switch.unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "DPU {name}: {} frames by eSwitch rules, {} through the fast path",
+                    sw.out, sw.to_software
+                );
+            }
+            let _ = writeln!(out, "\nevents (both agents):");
+            for (h, name) in [(Dpu::A, "a"), (Dpu::B, "b")] {
+                let ev =
+                    String::from_utf8_lossy(&rig.host(h).agent.cli(&["--json", "events"]).stdout)
+                        .to_string();
+                for e in ev
+                    .lines()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    if let Ok(e) = serde_json::from_str::<Value>(e) {
+                        let _ = writeln!(
+                            out,
+                            "  {name}: {:<19} {:<12} {}",
+                            e["kind"].as_str().unwrap_or(""),
+                            e["instance"]
+                                .as_str()
+                                .filter(|s| !s.is_empty())
+                                .or(e["service"].as_str())
+                                .unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            print!("{out}");
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let out = traffic
+            .join()
+            .map_err(|_| "the traffic tool failed".to_owned())?;
+        sent_total += out.sent;
+        let lost = out.sent.saturating_sub(out.forward.frames());
+        lost_total += lost;
+        stages.push(format!("{pps}/s: {} sent, {lost} lost", out.sent));
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            println!("\ninterrupted");
+            break;
+        }
+    }
+    println!("\nsummary");
+    println!("  frames sent from host A's lan: {sent_total}, lost: {lost_total}");
+    println!("  per stage: {}", stages.join("; "));
+    println!(
+        "  instances that ran: {}",
+        where_ran.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    println!("\ncleaning up: instances, agents, DPUs, etcd, namespaces and veths");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -289,7 +444,19 @@ fn main() -> ExitCode {
             on_interrupt as *const () as libc::sighandler_t,
         );
     }
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hosts = match args.as_slice() {
+        [] => 1,
+        [flag, n] if flag == "--hosts" && (n == "1" || n == "2") => n.parse().unwrap_or(1),
+        _ => {
+            eprintln!(
+                "usage: chaingate-demo [--hosts 1|2]\n  --hosts 2: two hosts with their DPUs and agents and one etcd; the firewall scales out onto the second host"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = if hosts == 2 { run_two_hosts() } else { run() };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chaingate-demo: {e}");
