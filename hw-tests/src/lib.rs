@@ -27,6 +27,7 @@ pub mod etcd;
 pub mod flows;
 pub mod frames;
 pub mod labrig;
+pub mod measure;
 pub mod netns;
 pub mod reflector;
 pub mod rig;

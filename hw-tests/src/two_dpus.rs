@@ -351,6 +351,26 @@ pub struct DpuSide {
     generation: u64,
 }
 
+/// The underlay between two DPUs: a veth pair with both ends in the root
+/// namespace, each with its DPU's underlay MAC, carrying `mtu` (at least
+/// 1500; a smaller link MTU would drop frames the DPU lets pass), IPv4
+/// forwarding off (a frame to its MAC for a foreign address is never
+/// routed). Returns A's end and B's.
+///
+/// # Errors
+/// An `ip` command failed.
+pub fn underlay_link(topo: &mut Topology, mtu: u16) -> io::Result<[String; 2]> {
+    let ul = topo.host_link("ul")?;
+    let ends = [ul.inner.clone(), ul.outer.clone()];
+    let mtu = mtu.max(1500).to_string();
+    for (dpu, ifname) in Dpu::BOTH.into_iter().zip(&ends) {
+        run("ip", &["link", "set", "dev", ifname, "address", dpu.mac()])?;
+        run("ip", &["link", "set", "dev", ifname, "mtu", &mtu])?;
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
+    }
+    Ok(ends)
+}
+
 /// Two DPUs, their instances, and the hosts' namespace.
 #[derive(Debug)]
 pub struct TwoDpus {
@@ -373,18 +393,7 @@ impl TwoDpus {
     pub fn start(cluster: Cluster) -> io::Result<Self> {
         // Locals drop in reverse: services, DPUs, then the namespace.
         let mut topo = Topology::new()?;
-        let ul = topo.host_link("ul")?;
-        let ends = [ul.inner.clone(), ul.outer.clone()];
-        // The veth carries what the configured underlay MTU lets through
-        // (a smaller link MTU would drop frames the DPU lets pass).
-        let mtu = cluster.mtu.max(1500).to_string();
-        for (dpu, ifname) in Dpu::BOTH.into_iter().zip(&ends) {
-            run("ip", &["link", "set", "dev", ifname, "address", dpu.mac()])?;
-            run("ip", &["link", "set", "dev", ifname, "mtu", &mtu])?;
-            // A frame to its own MAC and a foreign address: never routed.
-            let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
-            std::fs::write(&path, "0")?;
-        }
+        let ends = underlay_link(&mut topo, cluster.mtu)?;
         let mut dpus = Vec::new();
         for (dpu, ul_if) in Dpu::BOTH.into_iter().zip(ends) {
             let p = dpu.name();

@@ -23,8 +23,8 @@ use crate::agent::AgentProc;
 use crate::dpu::DpuFw;
 use crate::etcd::EtcdServer;
 use crate::flows::{self, Outcome, Plan};
-use crate::topology::{Link, Topology, run};
-use crate::two_dpus::Dpu;
+use crate::topology::{Link, Topology};
+use crate::two_dpus::{Dpu, underlay_link};
 
 /// One host: its agent, its DPU and the DPU's links.
 #[derive(Debug)]
@@ -64,12 +64,7 @@ impl TwoHosts {
     pub fn start(vfs: [usize; 2], ttl: Duration) -> io::Result<Self> {
         let mut topo = Topology::new()?;
         let etcd = EtcdServer::start()?;
-        let ul = topo.host_link("ul")?;
-        let ends = [ul.inner.clone(), ul.outer.clone()];
-        for (dpu, ifname) in Dpu::BOTH.into_iter().zip(&ends) {
-            run("ip", &["link", "set", "dev", ifname, "address", dpu.mac()])?;
-            std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"), "0")?;
-        }
+        let ends = underlay_link(&mut topo, 1500)?;
         let mut hosts = Vec::new();
         for ((dpu, ul_if), n) in Dpu::BOTH.into_iter().zip(ends).zip(vfs) {
             let p = dpu.name();

@@ -30,7 +30,7 @@ fn client(i: u32) -> Ipv4Addr {
     Ipv4Addr::from_bits(0x0A00_0000 + 2 + i)
 }
 
-fn tcp_frame(
+pub(super) fn tcp_frame(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
     flags: TcpFlags,

@@ -18,9 +18,9 @@ use chaingate_shared::policy::{Match, Policy, PolicyAction};
 use chaingate_shared::underlay::{Leg, Vni};
 use chaingate_shared::{Config, Generation, InstanceId, Nanos, PeerId, PortId};
 
+use super::tests::tcp_frame;
 use super::*;
-use crate::wire::build::{FrameSpec, IpSpec, L4Spec, NetSpec};
-use crate::wire::tcp::{TcpFlags, TcpRepr};
+use crate::wire::tcp::TcpFlags;
 use crate::wire::{EthernetAddress, FrameBuf, parse};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -115,34 +115,6 @@ fn config_of(me: usize, services: &[Placed], mtu: u16) -> Config {
     })
     .unwrap();
     b.build().unwrap()
-}
-
-fn tcp_frame(
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    flags: TcpFlags,
-    payload: &[u8],
-) -> Vec<u8> {
-    let spec = FrameSpec {
-        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        vlans: &[],
-        net: NetSpec::Ip(
-            IpSpec::v4(src.0, dst.0),
-            L4Spec::Tcp(TcpRepr {
-                src_port: src.1,
-                dst_port: dst.1,
-                seq: 1,
-                ack: 1,
-                flags,
-                window: 1000,
-            }),
-        ),
-        payload,
-    };
-    let mut buf = vec![0u8; spec.len()];
-    spec.build(&mut buf).unwrap();
-    buf
 }
 
 fn client(i: u16) -> (Ipv4Addr, u16) {
