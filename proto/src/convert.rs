@@ -137,6 +137,7 @@ impl TryFrom<&dpu::Config> for Config {
             b.set_underlay(addr, mac, mtu)
                 .map_err(|e| names.describe(&e))?;
         }
+        b.prefer_local(msg.prefer_local);
         for (i, p) in msg.peers.iter().enumerate() {
             let addr = ipv4(&p.address, &format!("peers[{i}].address"))?;
             let mac = mac(&p.mac, &format!("peers[{i}].mac"))?;

@@ -99,6 +99,10 @@ pub struct GatewayFile {
     /// The other DPUs.
     #[serde(default)]
     pub peers: Vec<PeerFile>,
+    /// Hops prefer instances behind this DPU while one has headroom
+    /// (default false).
+    #[serde(default)]
+    pub prefer_local: bool,
 }
 
 /// This DPU's end of the underlay (the port is the one with role
@@ -477,6 +481,7 @@ impl GatewayFile {
                 mac: u.mac.clone(),
                 mtu: u.mtu.map_or(0, u32::from),
             }),
+            prefer_local: self.prefer_local,
             peers: self
                 .peers
                 .iter()

@@ -626,6 +626,7 @@ pub struct Config {
     default_action: PolicyAction,
     underlay: Option<Underlay>,
     peers: Vec<Peer, MAX_PEERS>,
+    prefer_local: bool,
     // Derived once at build.
     lan: PortId,
     wan: PortId,
@@ -653,6 +654,7 @@ impl Config {
                 default_action: PolicyAction::Bypass,
                 underlay: None,
                 peers: Vec::new(),
+                prefer_local: false,
                 lan: PortId::from_index(0),
                 wan: PortId::from_index(0),
                 port_owner: [None; MAX_PORTS],
@@ -744,6 +746,13 @@ impl Config {
             PortRole::Uplink(u) => Some(u),
             PortRole::Vf | PortRole::Underlay => None,
         }
+    }
+
+    /// Whether a session's hops prefer instances behind this DPU while one
+    /// has headroom (see [`ConfigBuilder::prefer_local`]).
+    #[must_use]
+    pub const fn prefer_local(&self) -> bool {
+        self.prefer_local
     }
 
     /// This DPU's end of the underlay, if it has one.
@@ -1003,6 +1012,17 @@ impl ConfigBuilder {
             PortRole::Vf | PortRole::Underlay => {}
         }
         Ok(id)
+    }
+
+    /// Makes each hop of a new session prefer an instance behind this DPU
+    /// while one has headroom (default: off, one Maglev choice over local
+    /// and remote instances alike). Saves the underlay; but two DPUs that
+    /// see the two directions of one connection (asymmetric routing) may
+    /// then choose different instances, so leave it off where routing is
+    /// asymmetric.
+    pub fn prefer_local(&mut self, on: bool) -> &mut Self {
+        self.config.prefer_local = on;
+        self
     }
 
     /// Gives the underlay port (added with [`PortRole::Underlay`]) its

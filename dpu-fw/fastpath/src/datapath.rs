@@ -814,7 +814,17 @@ impl Datapath {
             if !hops.contains(&hop) {
                 continue;
             }
-            let choice = self.balancer.choose(*service, hash, &self.meters);
+            let choice = if self.config.prefer_local() {
+                let config = &self.config;
+                self.balancer
+                    .choose_preferring(*service, hash, &self.meters, |i| {
+                        config
+                            .instance(i)
+                            .is_some_and(|inst| !inst.attachment().is_remote())
+                    })
+            } else {
+                self.balancer.choose(*service, hash, &self.meters)
+            };
             if let Choice::Overloaded(_) = choice {
                 self.meters.request_scale(*service, now);
             }

@@ -44,6 +44,7 @@ fn valid() -> dpu::Config {
         generation: 3,
         underlay: None,
         peers: vec![],
+        prefer_local: false,
         ports: vec![
             port("lan", dpu::PortRole::Lan),
             port("wan", dpu::PortRole::Wan),
@@ -305,6 +306,7 @@ prop_compose! {
             generation,
             underlay: None,
             peers: vec![],
+            prefer_local: false,
             ports: ports.into_iter().map(|(name, role)| dpu::Port { name, role }).collect(),
             services: services.into_iter().map(|(name, capacity_bps, sc, fail)| dpu::Service {
                 name,

@@ -161,6 +161,47 @@ impl Balancer {
             .min_by(|a, b| meters.utilisation(*a).total_cmp(&meters.utilisation(*b)))
             .map_or(Choice::Unavailable, Choice::Overloaded)
     }
+
+    /// [`Self::choose`], but an instance for which `local` holds takes the
+    /// session while one has headroom: the first such in the key's table
+    /// order (so the choice is still stable and spread); else the choice
+    /// over all. Two DPUs with different local instances may then choose
+    /// differently for the two directions of one connection.
+    pub fn choose_preferring(
+        &self,
+        service: ServiceId,
+        hash: u64,
+        meters: &Meters,
+        local: impl Fn(InstanceId) -> bool,
+    ) -> Choice {
+        let Some(svc) = self.services.get(service.index()) else {
+            return Choice::Unavailable;
+        };
+        let start = svc.table.slot(hash);
+        let mut tried: u64 = 0;
+        let mut seen = 0;
+        for k in 0..svc.table.len() {
+            let Some(pos) = svc.table.at(start + k) else {
+                break;
+            };
+            let bit = 1u64.checked_shl(u32::from(pos)).unwrap_or(0);
+            if tried & bit != 0 {
+                continue;
+            }
+            tried |= bit;
+            seen += 1;
+            if let Some(candidate) = svc.active.get(usize::from(pos)).copied()
+                && local(candidate)
+                && meters.has_headroom(candidate)
+            {
+                return Choice::Picked(candidate);
+            }
+            if seen == svc.active.len() {
+                break;
+            }
+        }
+        self.choose(service, hash, meters)
+    }
 }
 
 #[cfg(test)]

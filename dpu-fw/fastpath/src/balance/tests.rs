@@ -154,3 +154,40 @@ fn with_no_headroom_anywhere_the_least_loaded_takes_it() {
         );
     }
 }
+
+#[test]
+fn preferred_instances_take_sessions_while_they_have_headroom() {
+    let r = rig(&[Svc::new("fw", 4)]);
+    let bal = Balancer::new(&r.config, states(&[]));
+    let mut meters = Meters::new(&r.config, Nanos::from_millis(1));
+    let fw = &r.instances[0];
+    // Instances 0 and 1 are "local".
+    let local = |i: InstanceId| i == fw[0] || i == fw[1];
+    let mut count = [0usize; 4];
+    for i in 0..4000 {
+        let h = key(i).symmetric_hash();
+        let Choice::Picked(p) = bal.choose_preferring(r.services[0], h, &meters, local) else {
+            panic!("a pick with headroom");
+        };
+        count[fw.iter().position(|x| *x == p).unwrap()] += 1;
+    }
+    assert_eq!(count[2] + count[3], 0, "only the preferred: {count:?}");
+    assert!(
+        count[0] > 1000 && count[1] > 1000,
+        "spread over both: {count:?}"
+    );
+    // Both preferred ones over their watermark: the others take sessions.
+    meters.tick(Nanos(0));
+    for hot in [fw[0], fw[1]] {
+        meters.add_counts(hot, 950_000_000 / 8, 1000);
+    }
+    meters.tick(Nanos::SECOND);
+    for i in 0..400 {
+        let h = key(i).symmetric_hash();
+        let p = bal.choose_preferring(r.services[0], h, &meters, local);
+        assert!(
+            p == Choice::Picked(fw[2]) || p == Choice::Picked(fw[3]),
+            "{p:?}"
+        );
+    }
+}

@@ -65,7 +65,12 @@ fn instance_names(services: &[Placed]) -> Vec<(String, usize, usize)> {
 /// instances at the slot of their VF there; one chain through every
 /// service, for everything from lan.
 fn config_of(me: usize, services: &[Placed], mtu: u16) -> Config {
+    config_with(me, services, mtu, false)
+}
+
+fn config_with(me: usize, services: &[Placed], mtu: u16, prefer_local: bool) -> Config {
     let mut b = Config::builder(Generation(1));
+    b.prefer_local(prefer_local);
     b.add_port("lan", PortRole::Uplink(Uplink::Lan)).unwrap();
     b.add_port("wan", PortRole::Uplink(Uplink::Wan)).unwrap();
     let ul = b.add_port("ul", PortRole::Underlay).unwrap();
@@ -149,11 +154,15 @@ struct Cluster {
 
 impl Cluster {
     fn new(services: &[Placed], mtu: u16) -> Self {
+        Self::with(services, mtu, false)
+    }
+
+    fn with(services: &[Placed], mtu: u16, prefer_local: bool) -> Self {
         let options = Options::default();
         Self {
             dps: [
-                Datapath::new(config_of(0, services, mtu), &options),
-                Datapath::new(config_of(1, services, mtu), &options),
+                Datapath::new(config_with(0, services, mtu, prefer_local), &options),
+                Datapath::new(config_with(1, services, mtu, prefer_local), &options),
             ],
             now: Nanos::from_secs(1),
             nat_service: None,
@@ -401,6 +410,31 @@ fn two_dpus_that_see_the_two_directions_pick_the_same_instances() {
         4,
         "every firewall instance takes flows: {spread:?}"
     );
+}
+
+#[test]
+fn preferring_local_instances_keeps_hops_off_the_underlay() {
+    // A firewall behind each DPU; connections enter at A.
+    let services = [placed("firewall", &[0, 1])];
+    let spread = |prefer| {
+        let mut c = Cluster::with(&services, 1500, prefer);
+        let mut on_b = 0;
+        for i in 0..64 {
+            let out = c.send(
+                0,
+                Uplink::Lan,
+                tcp_frame(client(i), (SERVER, 443), TcpFlags::SYN, b""),
+            );
+            assert_eq!(out.exit, Ok((0, Uplink::Wan)));
+            on_b += usize::from(names(&out) == [(1, "firewall-1")]);
+        }
+        on_b
+    };
+    assert!(
+        spread(false) > 8,
+        "Maglev alone spreads over both DPUs' firewalls"
+    );
+    assert_eq!(spread(true), 0, "every connection on A's own firewall");
 }
 
 #[test]
