@@ -1022,6 +1022,15 @@ impl Datapath {
         key: &FlowKey,
         len: usize,
     ) -> Verdict {
+        // Only an instance of the segment's service answers on it: another
+        // must not put frames into a peer's chain.
+        if !self
+            .config
+            .segment(segment)
+            .is_some_and(|s| self.serves(instance, s))
+        {
+            return self.drop(DropReason::WrongInstance);
+        }
         let slot = self
             .config
             .instance(instance)

@@ -524,6 +524,27 @@ fn underlay_frames_that_are_not_ours_are_dropped_and_counted() {
             encap: None,
         }
     );
+    // Another service's instance answering with a firewall guest tag
+    // does not reach the peer.
+    let mut tagged = vec![0u8; inner.len() + 8];
+    tagged[4..4 + inner.len()].copy_from_slice(&inner);
+    let mut fb = FrameBuf::new(&mut tagged, 4, inner.len()).unwrap();
+    VlanAction::Push(guest).apply(&mut fb).unwrap();
+    let tagged = fb.frame().to_vec();
+    let ids_vf = PortId::from_index(4);
+    assert_eq!(
+        c.dps[1].process(ids_vf, &tagged, c.now),
+        Verdict::Drop(DropReason::WrongInstance)
+    );
+    // The firewall's own answer goes back to the peer.
+    assert!(matches!(
+        c.dps[1].process(PortId::from_index(3), &tagged, c.now),
+        Verdict::Forward {
+            encap: Some(_),
+            vlan: VlanAction::Pop,
+            ..
+        }
+    ));
     // A plain frame at the underlay port is not for the chain.
     assert_eq!(
         c.dps[1].process(ul, &inner, c.now),
