@@ -482,10 +482,13 @@ fn with_instances(
             ingress: None,
             egress: None,
             remote: None,
-            state: if r.phase == Phase::Draining {
-                StateFile::Draining
-            } else {
-                StateFile::Active
+            // A stopping one (kept in a cluster) is down: this DPU's
+            // sessions leave it, and what peers still send it is
+            // delivered until they have taken it out.
+            state: match r.phase {
+                Phase::Draining => StateFile::Draining,
+                Phase::Stopping => StateFile::Down,
+                _ => StateFile::Active,
             },
             weight: None,
         })
@@ -1502,9 +1505,16 @@ impl Supervisor {
         let shared = Arc::clone(&self.shared);
         let parts = &shared.parts;
         let records = parts.store.instances()?;
+        // In a cluster a stopping instance stays on this DPU (down) until
+        // it stops: the other DPUs send it frames until they have taken
+        // it out, and this DPU delivers them.
+        let clustered = parts.cluster.is_some();
         let on_dpu: Vec<&InstanceRecord> = records
             .values()
-            .filter(|r| matches!(r.phase, Phase::Active | Phase::Draining))
+            .filter(|r| {
+                matches!(r.phase, Phase::Active | Phase::Draining)
+                    || (clustered && r.phase == Phase::Stopping)
+            })
             .collect();
         let mut g = with_instances(gateway, &on_dpu, &parts.pool);
         if let Some(c) = &parts.cluster {
