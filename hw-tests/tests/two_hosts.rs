@@ -254,3 +254,71 @@ fn a_scale_out_lands_on_the_host_with_a_free_vf() {
         "nothing started on A, which has no free VF"
     );
 }
+
+#[test]
+fn a_remote_instance_leaves_without_losing_a_frame() {
+    if !ready() {
+        return;
+    }
+    let rig = TwoHosts::start([3, 1], TTL).expect("the rig");
+    let gateway = |min: (u16, u16, u16)| {
+        WebChain {
+            firewall_scaling: format!(
+                "{{ min: {}, max: 4, scale_in_at: 0%, drain_timeout: 1s }}",
+                min.0
+            ),
+            ids_scaling: format!("{{ min: {}, max: 4 }}", min.1),
+            nat_scaling: format!("{{ min: {}, max: 4 }}", min.2),
+            ..WebChain::default()
+        }
+        .gateway()
+    };
+    rig.host(Dpu::A).agent.apply_and_wait(
+        &gateway((1, 1, 1)),
+        &["firewall-0", "ids-0", "nat-0"],
+        UP,
+    );
+    let b = &rig.host(Dpu::B).agent;
+    b.apply_and_wait(&gateway((0, 0, 0)), &[], UP);
+    let out = b.cli_ok(&["scale", "firewall", "1"]);
+    assert!(out.contains('1'), "{out}");
+    b.wait_for("firewall-1 active", UP, |s| {
+        instances_in(s, "active").contains(&"firewall-1".to_owned())
+    });
+    rig.wait_dpu(Dpu::A, &["firewall-0", "firewall-1", "ids-0", "nat-0"], UP);
+
+    // Flows through both firewalls while B's leaves: drained for its
+    // timeout, then stopped once A has taken it out.
+    let mut p = Plan::udp(16, 400, 400);
+    p.size = 200;
+    let live = Arc::new(Live::default());
+    p.live = Some(Arc::clone(&live));
+    let total = u64::from(p.flows * p.packets);
+    let run = rig.traffic_in_background(p.clone());
+    while live.sent.load(Ordering::Relaxed) < total / 5 && !run.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = b.cli_ok(&["scale", "firewall", "0"]);
+    assert!(out.contains('0'), "{out}");
+    let out = run.join().expect("traffic");
+    rig.wait_dpu(Dpu::A, &["firewall-0", "ids-0", "nat-0"], UP);
+    let via_b = out
+        .forward
+        .flows
+        .values()
+        .filter(|f| {
+            f.stamps
+                .keys()
+                .any(|s| s.first() == Some(&(FIREWALL_STAMP + 1)))
+        })
+        .count();
+    assert!(via_b > 0, "some flows went through B's firewall");
+    assert_eq!(
+        out.forward.lost(&p),
+        0,
+        "nothing lost while it left\n{}",
+        rig.logs()
+    );
+    let events = b.event_kinds();
+    assert!(events.contains(&"drain_finished".to_owned()), "{events:?}");
+}
