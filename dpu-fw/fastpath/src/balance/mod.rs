@@ -61,6 +61,34 @@ struct ServiceTable {
     table: Maglev,
 }
 
+impl ServiceTable {
+    /// The first instance for which `ok` holds, in the table order from
+    /// slot `start` (each instance once): a key's own fallback order.
+    fn first_in_order(&self, start: usize, ok: impl Fn(InstanceId) -> bool) -> Option<InstanceId> {
+        // At most 64 instances per service: one bit each.
+        let mut tried: u64 = 0;
+        let mut seen = 0;
+        for k in 0..self.table.len() {
+            let pos = self.table.at(start + k)?;
+            let bit = 1u64.checked_shl(u32::from(pos)).unwrap_or(0);
+            if tried & bit != 0 {
+                continue;
+            }
+            tried |= bit;
+            seen += 1;
+            if let Some(candidate) = self.active.get(usize::from(pos)).copied()
+                && ok(candidate)
+            {
+                return Some(candidate);
+            }
+            if seen == self.active.len() {
+                break;
+            }
+        }
+        None
+    }
+}
+
 /// The per-service tables.
 #[derive(Clone, Debug)]
 pub struct Balancer {
@@ -133,27 +161,8 @@ impl Balancer {
         if meters.has_headroom(first) {
             return Choice::Picked(first);
         }
-        // At most 64 instances per service: one bit each.
-        let mut tried: u64 = 0;
-        let mut seen = 0;
-        for k in 0..svc.table.len() {
-            let Some(pos) = svc.table.at(start + k) else {
-                break;
-            };
-            let bit = 1u64.checked_shl(u32::from(pos)).unwrap_or(0);
-            if tried & bit != 0 {
-                continue;
-            }
-            tried |= bit;
-            seen += 1;
-            if let Some(candidate) = instance(pos)
-                && meters.has_headroom(candidate)
-            {
-                return Choice::Picked(candidate);
-            }
-            if seen == svc.active.len() {
-                break;
-            }
+        if let Some(c) = svc.first_in_order(start, |i| meters.has_headroom(i)) {
+            return Choice::Picked(c);
         }
         svc.active
             .iter()
@@ -178,27 +187,8 @@ impl Balancer {
             return Choice::Unavailable;
         };
         let start = svc.table.slot(hash);
-        let mut tried: u64 = 0;
-        let mut seen = 0;
-        for k in 0..svc.table.len() {
-            let Some(pos) = svc.table.at(start + k) else {
-                break;
-            };
-            let bit = 1u64.checked_shl(u32::from(pos)).unwrap_or(0);
-            if tried & bit != 0 {
-                continue;
-            }
-            tried |= bit;
-            seen += 1;
-            if let Some(candidate) = svc.active.get(usize::from(pos)).copied()
-                && local(candidate)
-                && meters.has_headroom(candidate)
-            {
-                return Choice::Picked(candidate);
-            }
-            if seen == svc.active.len() {
-                break;
-            }
+        if let Some(c) = svc.first_in_order(start, |i| local(i) && meters.has_headroom(i)) {
+            return Choice::Picked(c);
         }
         self.choose(service, hash, meters)
     }
