@@ -22,6 +22,7 @@
 //! cause.
 
 pub mod sysfs;
+pub mod tap;
 pub mod vfio;
 
 pub use sysfs::{Binding, Pf, Sysfs};
@@ -107,6 +108,8 @@ pub enum Step {
     Group,
     /// The device in its group.
     Device,
+    /// Mapping memory for the device's DMA through the IOMMU.
+    Dma,
 }
 
 impl fmt::Display for Step {
@@ -117,6 +120,7 @@ impl fmt::Display for Step {
             Self::ListVfs => "list VFs",
             Self::ReadDriver => "read driver",
             Self::BindVfio => "bind to vfio-pci",
+            Self::Dma => "map DMA",
             Self::Release => "release to its driver",
             Self::IommuGroup => "find IOMMU group",
             Self::Container => "open VFIO container",
