@@ -73,6 +73,10 @@ SRC
     apt-get -qq install -y -t bookworm-backports --no-install-recommends \
       qemu-system-x86 >/dev/null
   fi
+  # The user QEMU runs as (agent.yaml's vm_user default).
+  id -u chaingate-vm >/dev/null 2>&1 ||
+    useradd --system --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin chaingate-vm
   [ -x /bin/busybox ] && busybox --list 2>/dev/null | grep -qx insmod ||
     apt-get -qq install -y --no-install-recommends busybox-static >/dev/null
   if [ ! -s "$dir/vmlinuz" ]; then

@@ -1080,11 +1080,14 @@ impl Supervisor {
                     return Ok(());
                 }
                 crash_point("stopping");
-                if let Err(e) = launcher.stop(&record.name, &record.vf, parts.options.stop_timeout)
+                let how = match launcher.stop(&record.name, &record.vf, parts.options.stop_timeout)
                 {
-                    tracing::warn!(instance = %record.name, error = %e, "stop failed; trying again");
-                    return Ok(());
-                }
+                    Ok(how) => how,
+                    Err(e) => {
+                        tracing::warn!(instance = %record.name, error = %e, "stop failed; trying again");
+                        return Ok(());
+                    }
+                };
                 if let Err(e) = parts.pool.release(&record.vf) {
                     bump(
                         &self.shared.counters.provisioning_failures,
@@ -1106,7 +1109,7 @@ impl Supervisor {
                     "instance_stopped",
                     &record.service,
                     &record.name,
-                    format!("stopped; VF {} released", record.vf.port),
+                    format!("{how}; VF {} released", record.vf.port),
                 );
                 Ok(())
             }
@@ -1458,8 +1461,18 @@ impl Supervisor {
                 "vf",
             );
             self.back_off(&service.name);
-            self.shared
-                .event("provisioning_failed", &service.name, "", e.to_string());
+            // The VF goes back to its own driver (and stays in the pool):
+            // a half-done binding must not outlive the attempt.
+            let back = match parts.pool.release(&vf.vf) {
+                Ok(()) => "VF given back".to_owned(),
+                Err(r) => format!("and giving the VF back failed: {r}"),
+            };
+            self.shared.event(
+                "provisioning_failed",
+                &service.name,
+                "",
+                format!("{e}; {back}"),
+            );
             return;
         }
         self.said.remove(&service.name);

@@ -11,7 +11,8 @@
 //! dpu: 192.0.2.2:50051                # the DPU's control API
 //! metrics: 127.0.0.1:9464             # Prometheus; leave out to turn off
 //! probe: { interval: 1s, timeout: 1s, start_timeout: 60s, failures: 3 }
-//! stop_timeout: 10s
+//! stop_timeout: 10s                  # a VM: its power button, then `quit`
+//! vm_user: chaingate-vm               # QEMU runs as this user (or UID:GID)
 //! vfs:                                # DPU port (representor) and host side
 //!   - { port: pf0vf0, pci: "0000:03:10.0" }
 //!   - { port: vf1, tap: tap-vf1 }     # simulated rig, QEMU instances
@@ -52,6 +53,9 @@ pub struct AgentConfig {
     pub probe: ProbeConfig,
     /// How long an instance has to stop before it is killed.
     pub stop_timeout: Millis,
+    /// The user QEMU runs as: a name, or `UID:GID` (default
+    /// `chaingate-vm`; `root` works and is warned about).
+    pub vm_user: String,
     /// The sysfs root (tests point it at a tree of their own).
     pub sysfs: PathBuf,
     /// The device node root.
@@ -119,6 +123,7 @@ impl Default for AgentConfig {
             metrics: None,
             probe: ProbeConfig::default(),
             stop_timeout: Millis(10_000),
+            vm_user: crate::launcher::DEFAULT_VM_USER.into(),
             sysfs: "/sys".into(),
             devfs: "/dev".into(),
             vfs: Vec::new(),

@@ -474,12 +474,15 @@ impl GuestKit {
     }
 
     /// A service VM image: `binary` (a static `chaingate-service`) runs
-    /// `function` on the guest's first NIC, with the instance name from the
+    /// `function` on the guest's NIC, with the instance name from the
     /// kernel command line (`chaingate.instance=NAME`, which the qemu
     /// launcher sets), and answers the probe on the second serial port
-    /// (made raw first). virtio-net is always in; `modules` adds the VF's
-    /// driver for passthrough (`igbvf`, `mlx5_core`). The service is
-    /// started again if it exits.
+    /// (made raw first), reporting the NIC's link. virtio-net (the rig's
+    /// tap), the ACPI power button and evdev are always in; `modules` adds
+    /// the VF drivers for passthrough ([`VF_DRIVERS`]), and the guest's
+    /// kernel binds whichever VF it is given. The service is started again
+    /// if it exits, except after the power button: then it is stopped
+    /// (SIGTERM, two seconds) and the guest powers off.
     ///
     /// # Errors
     /// A module missing, or a file unreadable.
@@ -489,29 +492,52 @@ impl GuestKit {
         function: &str,
         modules: &[&str],
     ) -> Result<Initramfs, ImageError> {
-        let mut all = vec!["virtio_net"];
+        let mut all = vec!["virtio_net", "button", "evdev"];
         all.extend_from_slice(modules);
         let script = format!(
             r#"stty -F /dev/ttyS1 raw -echo
 instance=$(sed -n 's/.*chaingate[.]instance=\([^ ]*\).*/\1/p' /proc/cmdline)
-iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 ip link set lo up
+# The VF's driver may take a moment to make its interface.
+for i in $(seq 50); do
+  iface=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+  [ -n "$iface" ] && break
+  sleep 0.1
+done
+driver=$(basename "$(readlink "/sys/class/net/$iface/device/driver")")
 # A bump in the wire: the guest's own kernel keeps quiet on the VF.
 echo 1 > "/proc/sys/net/ipv6/conf/$iface/disable_ipv6" 2>/dev/null || true
 ip link set "$iface" up
-echo "chaingate: {function} $instance on $iface"
-while true; do
-  /bin/chaingate-service {function} --iface "$iface" --probe tty:/dev/ttyS1 --instance "$instance"
+echo "chaingate: {function} $instance on $iface ($driver)"
+# The power button (QMP system_powerdown): busybox acpid runs
+# /etc/acpi/PWRF/00000080.
+acpid -f -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid &
+while [ ! -e /run/stopping ]; do
+  /bin/chaingate-service {function} --iface "$iface" --probe tty:/dev/ttyS1 --instance "$instance" &
+  echo $! > /run/service.pid
+  wait $!
+  [ -e /run/stopping ] && break
   echo "chaingate: service exited $?, restarting"
   sleep 1
 done
+sleep 10
 "#
         );
         let mut image = self.initramfs(&all, &script)?;
         image.copy("/bin/chaingate-service", binary, 0o755)?;
+        image.file(
+            "/etc/acpi/PWRF/00000080",
+            b"#!/bin/sh\nexec >/dev/console 2>&1\necho 'chaingate: power button: stopping the service'\ntouch /run/stopping\nkill -TERM $(cat /run/service.pid)\nfor i in $(seq 20); do kill -0 $(cat /run/service.pid) 2>/dev/null || break; sleep 0.1; done\necho 'chaingate: powering off'\npoweroff -f\n".to_vec(),
+            0o755,
+        );
         Ok(image)
     }
 }
+
+/// The VF drivers a service image has by default: Intel's igbvf (the
+/// emulated igb VFs of the test rig) and mlx5 (BlueField and ConnectX
+/// VFs).
+pub const VF_DRIVERS: &[&str] = &["igbvf", "mlx5_core"];
 
 #[cfg(test)]
 mod tests {

@@ -3,9 +3,11 @@
 //!
 //! - [`QemuLauncher`]: a VM from the service image (kernel + initramfs),
 //!   KVM where it works and TCG otherwise, the VF passed through
-//!   (`vfio-pci,host=BDF`) or a tap device standing for it; the console
-//!   captured to a file, a QMP socket for status and shutdown, the probe on
-//!   the VM's second serial port.
+//!   (`vfio-pci,host=BDF`, its `/dev/vfio/N` handed to the VM's user) or a
+//!   tap device standing for it (passed open); QEMU unprivileged
+//!   (`vm_user`) under its seccomp sandbox; the console captured to a
+//!   file, QMP for its run state, devices and stop (the power button, then
+//!   `quit`, then signals), the probe on the VM's second serial port.
 //! - [`ProcessLauncher`]: the service function as a process in its own
 //!   network namespace (`cg-HASH-INSTANCE`) with its VF (a veth end) moved
 //!   there: fast tests and the demo.
@@ -30,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::qemu::{self, Guest, Nic};
+use crate::qemu::{self, Guest, Nic, VmUser};
+use crate::qmp::{PciDevice, Qmp, RunState};
 use crate::vf::{VfKind, VfRef};
 
 /// What identifies a running instance to its launcher.
@@ -135,12 +138,37 @@ pub trait VmLauncher: Send + Sync + std::fmt::Debug {
     /// No answer within `timeout`, or a bad one.
     fn probe(&self, instance: &str, timeout: Duration) -> Result<String, String>;
 
-    /// Stops the instance (politely, then not) and removes what the launch
-    /// made. Stopping an instance that is not running only cleans up.
+    /// Stops the instance (politely, with `timeout` to comply, then less
+    /// so, each step with a deadline) and removes what the launch made.
+    /// Stopping an instance that is not running only cleans up.
     ///
     /// # Errors
     /// [`LaunchError`].
-    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<(), LaunchError>;
+    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<Stopped, LaunchError>;
+}
+
+/// How an instance stopped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Stopped {
+    /// It was not running.
+    NotRunning,
+    /// It did as asked (SIGTERM; a VM: its power button).
+    Politely,
+    /// It did not within the deadline: QEMU's `quit`.
+    Quit,
+    /// Nothing else worked: SIGKILL.
+    Killed,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NotRunning => "was not running",
+            Self::Politely => "stopped when asked",
+            Self::Quit => "did not stop when asked: QEMU quit",
+            Self::Killed => "did not stop when asked: killed",
+        })
+    }
 }
 
 /// The instances running under `run_dir` (by the environment of every
@@ -307,6 +335,7 @@ impl Base {
         Ok(dir)
     }
 
+    /// Spawns `command` with its output to `log`.
     fn spawn(
         &self,
         instance: &str,
@@ -316,16 +345,27 @@ impl Base {
         let out = fs::File::create(log)
             .map_err(|e| fail(instance, "log", format!("{}: {e}", log.display())))?;
         let err = out.try_clone().map_err(|e| fail(instance, "log", e))?;
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
+        self.mark(instance, &mut command);
+        let child = command
+            .spawn()
+            .map_err(|e| fail(instance, "spawn", format!("{command:?}: {e}")))?;
+        self.adopt(instance, child, log)
+    }
+
+    /// What every instance's process carries: the marks [`scan`] finds it
+    /// by, and its own process group.
+    fn mark(&self, instance: &str, command: &mut Command) {
         command
             .env("CHAINGATE_RUN_DIR", &self.run_dir)
             .env("CHAINGATE_INSTANCE", instance)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| fail(instance, "spawn", format!("{command:?}: {e}")))?;
+    }
+
+    /// Takes a just spawned child as the instance's process, once it shows
+    /// its marks; one that exited at once is an error quoting the end of
+    /// `log`.
+    fn adopt(&self, instance: &str, mut child: Child, log: &Path) -> Result<Handle, LaunchError> {
         // Until the new program has set up its stack, /proc shows no
         // environment; wait for it, so that from here on `scan` finds the
         // instance (a crash right after this returns loses nothing).
@@ -343,7 +383,7 @@ impl Base {
             return Err(fail(
                 instance,
                 "spawn",
-                format!("exited at once ({status})"),
+                format!("exited at once ({status}): {}", tail(log, 3)),
             ));
         };
         self.children
@@ -373,7 +413,7 @@ impl Base {
     }
 
     /// SIGTERM to the process group, then SIGKILL after `timeout`.
-    fn terminate(&self, instance: &str, timeout: Duration) {
+    fn terminate(&self, instance: &str, timeout: Duration) -> Stopped {
         let handle = {
             let mut children = self
                 .children
@@ -390,7 +430,7 @@ impl Base {
             if let Some(c) = child.as_mut() {
                 let _ = c.wait();
             }
-            return;
+            return Stopped::NotRunning;
         };
         let group = rustix::process::Pid::from_raw(target.pid.cast_signed());
         if let Some(group) = group {
@@ -404,18 +444,58 @@ impl Base {
         while !gone(&mut child) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !gone(&mut child) {
-            if let Some(group) = group {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
-            if let Some(c) = child.as_mut() {
-                let _ = c.wait();
-            } else {
-                while !gone(&mut child) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+        if gone(&mut child) {
+            return Stopped::Politely;
+        }
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        if let Some(c) = child.as_mut() {
+            let _ = c.wait();
+        } else {
+            while !gone(&mut child) {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
+        Stopped::Killed
+    }
+
+    /// The instance's process, if it runs: the agent's own child, or found
+    /// by [`scan`].
+    fn running(&self, instance: &str) -> Option<Handle> {
+        let own = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(instance)
+            .and_then(|c| proc_handle(c.id()));
+        own.or_else(|| scan(&self.run_dir).remove(instance))
+    }
+
+    /// Waits until the instance's process is gone, at most `timeout`.
+    fn wait_gone(&self, instance: &str, handle: &Handle, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.alive(instance, handle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The last `lines` lines of a log, on one line.
+fn tail(log: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let last: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let from = last.len().saturating_sub(lines);
+    if last.is_empty() {
+        format!("nothing in {}", log.display())
+    } else {
+        last[from..].join(" | ")
     }
 }
 
@@ -510,14 +590,9 @@ impl VmLauncher for ProcessLauncher {
         // router solicitations and MLD reports, which the DPU drops as
         // frames on no segment). Best effort: a kernel without IPv6 has
         // nothing to turn off.
-        let _ = ip(&[
-            "netns",
-            "exec",
-            &ns,
-            "sh",
-            "-c",
-            &format!("echo 1 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6"),
-        ]);
+        if let Err(e) = quiet_ipv6(&ns, dev) {
+            tracing::debug!(instance = name, error = %e, "IPv6 left on");
+        }
         ip(&["-n", &ns, "link", "set", dev, "up"]).map_err(|e| fail(name, "netns", e))?;
         let probe = self.probe_path(name);
         let mut cmd = Command::new("ip");
@@ -536,8 +611,8 @@ impl VmLauncher for ProcessLauncher {
         probe_socket(&self.probe_path(instance), timeout)
     }
 
-    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<(), LaunchError> {
-        self.base.terminate(instance, timeout);
+    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<Stopped, LaunchError> {
+        let stopped = self.base.terminate(instance, timeout);
         let ns = self.netns(instance);
         if Path::new("/run/netns").join(&ns).exists() {
             // Give the VF back to the agent's namespace before the
@@ -550,23 +625,59 @@ impl VmLauncher for ProcessLauncher {
             ip(&["netns", "del", &ns]).map_err(|e| fail(instance, "stop", e))?;
         }
         let _ = fs::remove_dir_all(self.base.dir(instance));
-        Ok(())
+        Ok(stopped)
     }
+}
+
+/// Turns IPv6 off on `dev` in the network namespace `ns`: a thread of this
+/// process enters the namespace and writes the sysctl (which resolves in
+/// the writer's namespace), no shell and no helper program.
+fn quiet_ipv6(ns: &str, dev: &str) -> Result<(), String> {
+    if dev.contains('/') || dev.starts_with('.') {
+        return Err(format!("`{dev}` is not an interface name"));
+    }
+    let ns_file = fs::File::open(Path::new("/run/netns").join(ns)).map_err(|e| e.to_string())?;
+    let dev = dev.to_owned();
+    std::thread::spawn(move || -> Result<(), String> {
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns_file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("setns: {e}"))?;
+        fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1")
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the namespace thread panicked".to_owned())?
 }
 
 /// Service VMs under QEMU.
 #[derive(Debug)]
 pub struct QemuLauncher {
     base: Base,
+    user: String,
 }
 
+/// The user QEMU runs as unless the configuration says otherwise.
+pub const DEFAULT_VM_USER: &str = "chaingate-vm";
+
 impl QemuLauncher {
-    /// A launcher keeping its files under `run_dir`.
+    /// A launcher keeping its files under `run_dir`, running QEMU as
+    /// [`DEFAULT_VM_USER`].
     #[must_use]
     pub fn new(run_dir: &Path) -> Self {
         Self {
             base: Base::new(run_dir),
+            user: DEFAULT_VM_USER.to_owned(),
         }
+    }
+
+    /// Runs QEMU as `user` (a name, or `UID:GID`), looked up at each
+    /// launch. `root` is allowed and warned about at every launch.
+    #[must_use]
+    pub fn with_user(mut self, user: &str) -> Self {
+        user.clone_into(&mut self.user);
+        self
     }
 
     /// A locally administered MAC for the instance's virtio NIC.
@@ -580,41 +691,66 @@ impl QemuLauncher {
         format!("02:c6:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
     }
 
-    fn qmp(&self, instance: &str, command: &str) -> Result<(), String> {
-        let path = self.base.dir(instance).join("qmp.sock");
-        let stream = UnixStream::connect(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(&stream);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("QMP greeting: {e}"))?;
-        for cmd in ["qmp_capabilities", command] {
-            (&stream)
-                .write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
-                .map_err(|e| format!("QMP {cmd}: {e}"))?;
-            loop {
-                line.clear();
-                if reader
-                    .read_line(&mut line)
-                    .map_err(|e| format!("QMP {cmd}: {e}"))?
-                    == 0
-                {
-                    // `quit` closes the socket as it answers.
-                    return Ok(());
-                }
-                if line.contains("\"return\"") {
-                    break;
-                }
-                if line.contains("\"error\"") {
-                    return Err(format!("QMP {cmd}: {}", line.trim()));
-                }
-            }
-        }
-        Ok(())
+    /// A QMP connection to the instance's VM.
+    ///
+    /// # Errors
+    /// No VM, or it does not answer within two seconds.
+    pub fn qmp(&self, instance: &str) -> Result<Qmp, String> {
+        Qmp::connect(
+            &self.base.dir(instance).join("qmp.sock"),
+            Duration::from_secs(2),
+        )
     }
+
+    /// The VM's run state (QMP `query-status`).
+    ///
+    /// # Errors
+    /// As [`Self::qmp`].
+    pub fn run_state(&self, instance: &str) -> Result<RunState, String> {
+        self.qmp(instance)?.status()
+    }
+
+    /// The VM's PCI devices (QMP `query-pci`): its VF is `vf0`.
+    ///
+    /// # Errors
+    /// As [`Self::qmp`].
+    pub fn devices(&self, instance: &str) -> Result<Vec<PciDevice>, String> {
+        self.qmp(instance)?.pci_devices()
+    }
+}
+
+/// The IOMMU group node of a PCI device (`/dev/vfio/N`).
+fn vfio_node(bdf: &str) -> Result<PathBuf, String> {
+    let link = Path::new("/sys/bus/pci/devices")
+        .join(bdf)
+        .join("iommu_group");
+    let group = fs::read_link(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let n = group
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: no group", link.display()))?;
+    Ok(Path::new("/dev/vfio").join(n))
+}
+
+/// Raises this process's locked-memory limit to at least `bytes` (both
+/// limits): a VM with a VF pins all its memory for DMA, and QEMU (a child,
+/// unprivileged) inherits the limit.
+fn ensure_memlock(bytes: u64) -> Result<(), String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Memlock);
+    let enough = |l: Option<u64>| l.is_none_or(|l| l >= bytes);
+    if enough(now.current) && enough(now.maximum) {
+        return Ok(());
+    }
+    let raise = |l: Option<u64>| if enough(l) { l } else { Some(bytes) };
+    setrlimit(
+        Resource::Memlock,
+        Rlimit {
+            current: raise(now.current),
+            maximum: raise(now.maximum),
+        },
+    )
+    .map_err(|e| format!("RLIMIT_MEMLOCK to {bytes} bytes: {e}"))
 }
 
 impl VmLauncher for QemuLauncher {
@@ -635,29 +771,55 @@ impl VmLauncher for QemuLauncher {
                 "the qemu launcher runs VM images, not commands",
             ));
         };
-        let dir = self.base.make_dir(name)?;
-        for sock in ["probe.sock", "qmp.sock"] {
-            let _ = fs::remove_file(dir.join(sock));
+        let user = VmUser::lookup(&self.user).map_err(|e| fail(name, "user", e))?;
+        if user.uid == 0 {
+            tracing::warn!(
+                instance = name,
+                "QEMU runs as root (vm_user: {})",
+                self.user
+            );
         }
+        let dir = self.base.make_dir(name)?;
         let mut guest = Guest::new(&image.kernel, &image.initrd, &dir.join("console.log"));
         guest.memory_mib = image.memory_mib;
         guest.cpus = image.cpus;
         guest.append = format!("chaingate.instance={name}");
         guest.probe_socket = Some(dir.join("probe.sock"));
         guest.qmp_socket = Some(dir.join("qmp.sock"));
-        guest.nics.push(match spec.vf_kind {
-            VfKind::Pci => Nic::Vfio(spec.vf.device.clone()),
-            VfKind::Tap | VfKind::Netdev => Nic::Tap {
+        guest.user = Some(user.clone());
+        match spec.vf_kind {
+            VfKind::Pci => {
+                // QEMU opens the group itself: it becomes the user's for as
+                // long as the VM runs (`stop` gives it back to root).
+                let node = vfio_node(&spec.vf.device).map_err(|e| fail(name, "vfio", e))?;
+                rustix::fs::chown(
+                    &node,
+                    Some(rustix::fs::Uid::from_raw(user.uid)),
+                    Some(rustix::fs::Gid::from_raw(user.gid)),
+                )
+                .map_err(|e| fail(name, "vfio", format!("{}: {e}", node.display())))?;
+                ensure_memlock((u64::from(image.memory_mib) + 1024) << 20)
+                    .map_err(|e| fail(name, "vfio", e))?;
+                guest.nics.push(Nic::Vfio(spec.vf.device.clone()));
+            }
+            VfKind::Tap | VfKind::Netdev => guest.nics.push(Nic::Tap {
                 ifname: spec.vf.device.clone(),
                 mac: Self::mac(name),
-            },
-        });
-        let handle = self
-            .base
-            .spawn(name, guest.command(), &dir.join("qemu.log"))?;
+            }),
+        }
+        let log = dir.join("qemu.log");
+        let stderr = fs::File::create(&log)
+            .map_err(|e| fail(name, "log", format!("{}: {e}", log.display())))?;
+        let mut command = guest.command(stderr).map_err(|e| fail(name, "spawn", e))?;
+        self.base.mark(name, &mut command);
+        let child = command
+            .spawn()
+            .map_err(|e| fail(name, "spawn", format!("{}: {e}", qemu::binary().display())))?;
+        let handle = self.base.adopt(name, child, &log)?;
         tracing::info!(
             instance = name,
             accel = qemu::accelerator(),
+            user = %user.name,
             pid = handle.pid,
             "QEMU started"
         );
@@ -665,22 +827,69 @@ impl VmLauncher for QemuLauncher {
     }
 
     fn alive(&self, instance: &str, handle: &Handle) -> bool {
-        self.base.alive(instance, handle)
+        if !self.base.alive(instance, handle) {
+            return false;
+        }
+        // A QEMU whose guest panicked or shut down is not a live instance,
+        // though its process runs; one that does not answer QMP is judged
+        // by its probe.
+        match self.run_state(instance) {
+            Ok(state) if !state.is_up() => {
+                tracing::warn!(instance, state = %state.0, "the VM is not running");
+                false
+            }
+            _ => true,
+        }
     }
 
     fn probe(&self, instance: &str, timeout: Duration) -> Result<String, String> {
         probe_socket(&self.base.dir(instance).join("probe.sock"), timeout)
     }
 
-    fn stop(&self, instance: &str, _vf: &VfRef, timeout: Duration) -> Result<(), LaunchError> {
-        // `quit` first: QEMU closes the VF (and the tap) itself; the
-        // signals are for a QEMU that does not answer.
-        if let Err(e) = self.qmp(instance, "quit") {
-            tracing::debug!(instance, error = %e, "QMP quit failed; signalling");
+    fn stop(&self, instance: &str, vf: &VfRef, timeout: Duration) -> Result<Stopped, LaunchError> {
+        let stopped = match self.base.running(instance) {
+            None => {
+                self.base.terminate(instance, Duration::ZERO);
+                Stopped::NotRunning
+            }
+            Some(handle) => {
+                // The power button: the guest shuts its service down and
+                // powers off (QEMU exits: -no-reboot).
+                let pressed = self.qmp(instance).and_then(|mut q| q.powerdown());
+                if let Err(e) = &pressed {
+                    tracing::info!(instance, error = %e, "no power button; quitting");
+                }
+                if pressed.is_ok() && self.base.wait_gone(instance, &handle, timeout) {
+                    self.base.terminate(instance, Duration::ZERO);
+                    Stopped::Politely
+                } else {
+                    let quit = self.qmp(instance).and_then(|mut q| q.quit());
+                    if quit.is_ok()
+                        && self
+                            .base
+                            .wait_gone(instance, &handle, Duration::from_secs(5))
+                    {
+                        self.base.terminate(instance, Duration::ZERO);
+                        Stopped::Quit
+                    } else {
+                        match self.base.terminate(instance, Duration::from_secs(2)) {
+                            Stopped::Politely => Stopped::Quit,
+                            other => other,
+                        }
+                    }
+                }
+            }
+        };
+        if let Ok(node) = vfio_node(&vf.device)
+            && vf.device.parse::<chaingate_provision::PciAddress>().is_ok()
+        {
+            let root = (Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT));
+            if let Err(e) = rustix::fs::chown(&node, root.0, root.1) {
+                tracing::warn!(instance, node = %node.display(), error = %e, "VFIO group not given back to root");
+            }
         }
-        self.base.terminate(instance, timeout);
         let _ = fs::remove_dir_all(self.base.dir(instance));
-        Ok(())
+        Ok(stopped)
     }
 }
 
@@ -763,7 +972,10 @@ mod tests {
         // Another run directory sees nothing of it.
         assert!(scan(&run_dir.join("other")).is_empty());
         assert!(launcher.alive("svc-7", &handle));
-        launcher.base.terminate("svc-7", Duration::from_secs(2));
+        assert_eq!(
+            launcher.base.terminate("svc-7", Duration::from_secs(2)),
+            Stopped::Politely
+        );
         assert!(!launcher.alive("svc-7", &handle));
         assert!(scan(&run_dir).is_empty());
         fs::remove_dir_all(&run_dir).unwrap();

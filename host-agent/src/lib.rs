@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod launcher;
 pub mod metrics;
 pub mod qemu;
+pub mod qmp;
 pub mod scaler;
 pub mod store;
 pub mod vf;

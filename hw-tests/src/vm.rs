@@ -24,12 +24,14 @@ pub fn require_vm() -> Option<GuestKit> {
         .args(["-device", "help"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"igb\""));
-    match (igb, GuestKit::from_env()) {
-        (true, Ok(kit)) => Some(kit),
-        (igb, kit) => {
+    let user = qemu::VmUser::lookup(chaingate_agent::launcher::DEFAULT_VM_USER);
+    match (igb, GuestKit::from_env(), user) {
+        (true, Ok(kit), Ok(_)) => Some(kit),
+        (igb, kit, user) => {
             let why = format!(
-                "VM tools missing (QEMU with igb: {igb}; guest kit: {})",
-                kit.err().map_or_else(|| "ok".to_owned(), |e| e.to_string())
+                "VM tools missing (QEMU with igb: {igb}; guest kit: {}; VM user: {})",
+                kit.err().map_or_else(|| "ok".to_owned(), |e| e.to_string()),
+                user.err().unwrap_or_else(|| "ok".to_owned())
             );
             assert!(std::env::var_os("CHAINGATE_REQUIRE_VM").is_none(), "{why}");
             eprintln!("skipped: {why}");

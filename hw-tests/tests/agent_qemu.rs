@@ -1,13 +1,20 @@
 //! The qemu launcher with a real service VM: a static `chaingate-service`
 //! in an image made by `chaingate_agent::image`, booted under QEMU (TCG on
-//! this kind of machine) with a tap device standing for its VF. The VM
-//! answers its probe through the second serial port, reflects frames on
-//! its NIC as a bump in the wire, and stops through QMP.
+//! this kind of machine) with a tap device standing for its VF. QEMU runs
+//! as the unprivileged VM user under its seccomp sandbox, from a run
+//! directory it could not even open (0700, root's, a comma in its path):
+//! everything reaches it as open files. The VM answers its probe through
+//! the second serial port, reflects frames on its NIC as a bump in the
+//! wire, shows its NIC and run state over QMP, and stops on its power
+//! button.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use chaingate_agent::launcher::{LaunchSpec, Program, QemuLauncher, VmImage, VmLauncher, scan};
+use chaingate_agent::launcher::{
+    DEFAULT_VM_USER, LaunchSpec, Program, QemuLauncher, Stopped, VmImage, VmLauncher, scan,
+};
+use chaingate_agent::qemu::VmUser;
 use chaingate_agent::vf::{VfKind, VfRef};
 use chaingate_hw_tests::frames::udp;
 use chaingate_hw_tests::require_root;
@@ -37,8 +44,9 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
     let service = static_service();
     let mut topo = Topology::new().unwrap();
     let tap = topo.tap("q0").unwrap();
-    let work = std::env::temp_dir().join(format!("cg-qemu-launcher-{}", std::process::id()));
+    let work = std::env::temp_dir().join(format!("cg-qemu,launcher-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let initrd = work.join("monitor.img");
     kit.service_initramfs(&service, "monitor", &[])
         .unwrap()
@@ -92,8 +100,31 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
     }
     let answer = answer.expect("the VM answered its probe");
     assert!(
-        answer.starts_with("ok service=monitor instance=vmmon-0 "),
+        answer.starts_with("ok service=monitor instance=vmmon-0 ") && answer.ends_with(" link=up"),
         "{answer}"
+    );
+
+    // QEMU runs as the VM user, in seccomp filter mode.
+    let handle = scan(&run_dir).remove("vmmon-0").unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", handle.pid)).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let user = VmUser::lookup(DEFAULT_VM_USER).unwrap();
+    assert_eq!(field("Uid:"), user.uid.to_string(), "{status}");
+    assert_eq!(field("Gid:"), user.gid.to_string(), "{status}");
+    assert_eq!(field("Seccomp:"), "2", "the sandbox filters syscalls");
+    assert_eq!(field("Groups:"), "", "no supplementary groups: {status}");
+    // QMP: running, with its VF (virtio-net on the rig) as `vf0`.
+    assert!(launcher.run_state("vmmon-0").unwrap().is_up());
+    let devices = launcher.devices("vmmon-0").unwrap();
+    assert!(
+        devices.iter().any(|d| d.id == "vf0" && d.vendor == 0x1af4),
+        "{devices:?}"
     );
 
     // A frame into the VM's NIC comes back out of it, unchanged.
@@ -126,11 +157,22 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
         "the service counted it: {answer}"
     );
 
-    // QMP quit: the VM is gone, and so are its files.
-    let handle = scan(&run_dir).remove("vmmon-0").unwrap();
-    launcher
-        .stop("vmmon-0", &spec.vf, Duration::from_secs(10))
+    // The power button: the guest stops its service and powers off; the
+    // VM is gone, and so are its files.
+    // (The console file is read through a descriptor opened before the
+    // stop removes it.)
+    let mut console_file =
+        std::fs::File::open(run_dir.join("instances/vmmon-0/console.log")).unwrap();
+    let stopped = launcher
+        .stop("vmmon-0", &spec.vf, Duration::from_secs(30))
         .unwrap();
+    let mut console = String::new();
+    std::io::Read::read_to_string(&mut console_file, &mut console).unwrap();
+    assert_eq!(stopped, Stopped::Politely, "{console}");
+    assert!(
+        console.contains("power button: stopping the service") && console.contains("powering off"),
+        "{console}"
+    );
     assert!(!launcher.alive("vmmon-0", &handle));
     assert!(scan(&run_dir).is_empty());
     assert!(!run_dir.join("instances/vmmon-0").exists());

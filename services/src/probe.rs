@@ -1,9 +1,11 @@
 //! The health probe: a line protocol on a byte stream.
 //!
 //! The host agent writes `probe\n`; a healthy service answers one line,
-//! `ok service=NAME instance=NAME rx=N tx=N dropped=N capped=N\n`. An
-//! instance that does not answer within the agent's probe timeout is
-//! unhealthy.
+//! `ok service=NAME instance=NAME rx=N tx=N dropped=N capped=N link=up\n`.
+//! The link is the VF's carrier: a service whose VF has no link cannot
+//! pass a frame, so it answers `down ...` instead of `ok ...` and the
+//! agent takes it for unhealthy. An instance that does not answer within
+//! the agent's probe timeout is unhealthy too.
 //!
 //! A function may answer more requests ([`Report`]): the monitor answers
 //! `flows` with a first line `flows N untracked=N` and then N lines, one
@@ -65,6 +67,16 @@ pub struct Identity {
     pub service: String,
     /// The instance name the agent gave it.
     pub instance: String,
+    /// Its VF's network interface, whose carrier the probe reports (none:
+    /// no link in the answer).
+    pub iface: Option<String>,
+}
+
+/// Whether `iface` has a carrier (`/sys/class/net/IFACE/carrier`).
+#[must_use]
+pub fn link_up(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier"))
+        .is_ok_and(|c| c.trim() == "1")
 }
 
 /// Requests a service function answers beyond `probe`.
@@ -86,8 +98,13 @@ pub fn answer(
     match request {
         "probe" => {
             let c = counters.snapshot();
+            let (health, link) = match &who.iface {
+                None => ("ok", String::new()),
+                Some(iface) if link_up(iface) => ("ok", " link=up".to_owned()),
+                Some(_) => ("down", " link=down".to_owned()),
+            };
             format!(
-                "ok service={} instance={} rx={} tx={} dropped={} capped={}\n",
+                "{health} service={} instance={} rx={} tx={} dropped={} capped={}{link}\n",
                 who.service, who.instance, c.rx, c.tx, c.dropped, c.capped
             )
         }
@@ -200,6 +217,7 @@ mod tests {
         let who = Identity {
             service: "monitor".into(),
             instance: "mon-0".into(),
+            iface: None,
         };
         struct Echo;
         impl Report for Echo {
@@ -236,5 +254,22 @@ mod tests {
             "the function's own request"
         );
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_service_whose_vf_has_no_link_answers_down() {
+        let counters = Counters::default();
+        let who = |iface: &str| Identity {
+            service: "monitor".into(),
+            instance: "mon-0".into(),
+            iface: Some(iface.into()),
+        };
+        let up = answer("probe", &who("lo"), &counters, None);
+        assert!(up.starts_with("ok ") && up.ends_with(" link=up\n"), "{up}");
+        let down = answer("probe", &who("cg-no-such-vf"), &counters, None);
+        assert!(
+            down.starts_with("down ") && down.ends_with(" link=down\n"),
+            "{down}"
+        );
     }
 }

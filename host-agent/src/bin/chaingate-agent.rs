@@ -65,9 +65,10 @@ enum Command {
     Run,
     /// Checks the configuration file and prints what it means.
     Check,
-    /// Makes a service VM image: an initramfs with busybox, the NIC
-    /// modules and a static service binary, which runs on the guest's
-    /// first NIC and answers the probe on its second serial port.
+    /// Makes a service VM image: an initramfs with busybox, the VF
+    /// drivers and a static service binary, which runs on the VF the VM is
+    /// given, answers the probe (with the VF's link) on its second serial
+    /// port and stops on the power button.
     Image {
         /// The static service binary (chaingate-service built with
         /// `-C target-feature=+crt-static`).
@@ -77,9 +78,9 @@ enum Command {
         /// takes them (`monitor`).
         #[arg(long, default_value = "monitor")]
         function: String,
-        /// Extra kernel modules (the VF's driver in the guest: `igbvf`,
-        /// `mlx5_core`).
-        #[arg(long, value_delimiter = ',')]
+        /// The VF drivers (and any other kernel modules) the guest loads;
+        /// virtio-net, the power button and evdev are always in.
+        #[arg(long, value_delimiter = ',', default_value = "igbvf,mlx5_core")]
         modules: Vec<String>,
         /// The guest kit: a kernel package unpacked, `vmlinuz` beside it.
         #[arg(
@@ -159,7 +160,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let dpu = DpuClient::start(&config.dpu, ClientOptions::default());
         let launchers: Vec<Box<dyn VmLauncher>> = vec![
             Box::new(ProcessLauncher::new(&config.run_dir)),
-            Box::new(QemuLauncher::new(&config.run_dir)),
+            Box::new(QemuLauncher::new(&config.run_dir).with_user(&config.vm_user)),
         ];
         let options = Options {
             probe: config.probe,

@@ -238,6 +238,7 @@ fn main() -> ExitCode {
         let who = Identity {
             service: service.to_owned(),
             instance: cli.instance.clone(),
+            iface: Some(iface.clone()),
         };
         if let Err(e) = probe::serve(channel, who, Arc::clone(&counters), report) {
             eprintln!("chaingate-service: probe on {channel}: {e}");
