@@ -178,3 +178,90 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
     assert!(!run_dir.join("instances/vmmon-0").exists());
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Launches `image` on `tap` and waits for `ready` on its console; the
+/// launcher's handle, or `None` after two boots that never got there.
+fn launch_until(
+    launcher: &QemuLauncher,
+    run_dir: &std::path::Path,
+    spec: &LaunchSpec,
+    ready: &str,
+) -> Option<chaingate_agent::launcher::Handle> {
+    let console = run_dir
+        .join("instances")
+        .join(&spec.instance)
+        .join("console.log");
+    // One boot in a dozen stalls under TCG (notes/vm-rig.md): one retry.
+    for _ in 0..2 {
+        let handle = launcher.launch(spec).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&console).is_ok_and(|c| c.contains(ready)) {
+                return Some(handle);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        launcher
+            .stop(&spec.instance, &spec.vf, Duration::ZERO)
+            .unwrap();
+    }
+    None
+}
+
+#[test]
+fn a_vm_deaf_to_its_power_button_is_quit_and_a_hung_qemu_is_killed() {
+    if !require_root() {
+        return;
+    }
+    let Some(kit) = require_vm() else { return };
+    let mut topo = Topology::new().unwrap();
+    let tap = topo.tap("q1").unwrap();
+    let work = std::env::temp_dir().join(format!("cg-qemu-deaf-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    // No acpid: the power button does nothing.
+    let initrd = work.join("deaf.img");
+    kit.initramfs(&[], "echo deaf-and-ready\nsleep 600")
+        .unwrap()
+        .write_file(&initrd)
+        .unwrap();
+    let run_dir = work.join("run");
+    let launcher = QemuLauncher::new(&run_dir);
+    let spec = LaunchSpec {
+        instance: "deaf-0".into(),
+        service: "deaf".into(),
+        vf: VfRef {
+            port: "vf0".into(),
+            device: tap,
+        },
+        vf_kind: VfKind::Tap,
+        program: Program::Vm(VmImage {
+            kernel: kit.kernel.clone(),
+            initrd,
+            memory_mib: 256,
+            cpus: 1,
+        }),
+    };
+
+    let handle = launch_until(&launcher, &run_dir, &spec, "deaf-and-ready").expect("the VM booted");
+    let stopped = launcher
+        .stop("deaf-0", &spec.vf, Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(
+        stopped,
+        Stopped::Quit,
+        "past the deadline, QEMU is told to quit"
+    );
+    assert!(!launcher.alive("deaf-0", &handle));
+
+    // A QEMU that answers nothing (stopped by SIGSTOP) is killed.
+    let handle = launch_until(&launcher, &run_dir, &spec, "deaf-and-ready").expect("the VM booted");
+    let pid = rustix::process::Pid::from_raw(handle.pid.cast_signed()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let stopped = launcher
+        .stop("deaf-0", &spec.vf, Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(stopped, Stopped::Killed);
+    assert!(!launcher.alive("deaf-0", &handle));
+    assert!(scan(&run_dir).is_empty());
+    let _ = std::fs::remove_dir_all(&work);
+}
