@@ -277,7 +277,9 @@ pub fn ask_socket(path: &Path, request: &str, timeout: Duration) -> Result<Strin
         };
         let mut tokens = line.split_whitespace();
         let first = tokens.next().unwrap_or_default();
-        let answers = (word == "probe" && first == "ok") || first == "error" || first == word;
+        let answers = (word == "probe" && matches!(first, "ok" | "down"))
+            || first == "error"
+            || first == word;
         if !answers {
             continue;
         }
@@ -909,6 +911,7 @@ mod tests {
                 "ok service=monitor instance=m-0 rx=1\nflows 2 untracked=0\nA\nB\n",
                 "ok service=monitor instance=m-0 rx=3\n",
                 "flows 3 untracked=0\nA\n",
+                "down service=monitor instance=m-0 rx=3 link=down\n",
             ] {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut req = [0u8; 16];
@@ -929,6 +932,11 @@ mod tests {
             ask_socket(&path, "flows", t)
                 .unwrap_err()
                 .contains("cut short")
+        );
+        // A service whose VF has no link answers, and fails its probe.
+        assert_eq!(
+            probe_socket(&path, t).unwrap_err(),
+            "down service=monitor instance=m-0 rx=3 link=down"
         );
         server.join().unwrap();
         let _ = fs::remove_file(&path);

@@ -247,7 +247,12 @@ fn image(
     out: &Path,
 ) -> anyhow::Result<()> {
     let kit = GuestKit::open(kit)?;
-    let modules: Vec<&str> = modules.iter().map(String::as_str).collect();
+    // `--modules ""`: no VF driver (a tap-only image).
+    let modules: Vec<&str> = modules
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !m.is_empty())
+        .collect();
     let initramfs = kit.service_initramfs(binary, function, &modules)?;
     initramfs
         .write_file(out)
