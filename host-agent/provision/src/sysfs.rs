@@ -86,6 +86,21 @@ impl Sysfs {
         self.sys.join("bus/pci/devices").join(addr.as_str())
     }
 
+    /// Every PCI device with an SR-IOV capability (`sriov_totalvfs`), in
+    /// address order: the PFs an operator can name in `sriov:`.
+    #[must_use]
+    pub fn sriov_pfs(&self) -> Vec<PciAddress> {
+        let mut pfs: Vec<PciAddress> = fs::read_dir(self.sys.join("bus/pci/devices"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("sriov_totalvfs").exists())
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        pfs.sort();
+        pfs
+    }
+
     /// The physical function at `addr`, checked to exist and to have SR-IOV.
     ///
     /// # Errors

@@ -190,6 +190,14 @@ fn vfs_are_made_and_listed_in_index_order() {
 }
 
 #[test]
+fn the_pfs_are_the_devices_with_sr_iov_and_not_their_vfs() {
+    let tree = Tree::new("pfs", 4, true, true);
+    let sysfs = tree.sysfs();
+    sysfs.pf(&addr(PF)).unwrap().set_num_vfs(2).unwrap();
+    assert_eq!(sysfs.sriov_pfs(), [addr(PF)]);
+}
+
+#[test]
 fn a_changed_vf_count_goes_through_zero() {
     let tree = Tree::new("zero", 8, true, true);
     let pf = tree.sysfs().pf(&addr(PF)).unwrap();

@@ -10,20 +10,10 @@ use chaingate_provision::{PciAddress, Step, Sysfs, vfio};
 
 /// The igb PF of the guest: the one device with SR-IOV.
 fn the_pf(sysfs: &Sysfs) -> PciAddress {
-    let mut pfs: Vec<PciAddress> = std::fs::read_dir("/sys/bus/pci/devices")
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.unwrap();
-            e.path()
-                .join("sriov_totalvfs")
-                .exists()
-                .then(|| e.file_name().to_string_lossy().parse().unwrap())
-        })
-        .collect();
+    let pfs = sysfs.sriov_pfs();
     assert_eq!(pfs.len(), 1, "one SR-IOV PF expected, found {pfs:?}");
-    let pf = pfs.remove(0);
-    assert_eq!(sysfs.driver(&pf).unwrap().as_deref(), Some("igb"));
-    pf
+    assert_eq!(sysfs.driver(&pfs[0]).unwrap().as_deref(), Some("igb"));
+    pfs[0].clone()
 }
 
 #[test]
