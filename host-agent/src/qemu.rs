@@ -222,7 +222,14 @@ impl Guest {
                 "-device".into(),
                 "pcie-root-port,id=rp1,bus=pcie.0,chassis=1".into(),
             ]);
-            a.extend(["-device".into(), "igb,bus=rp1".into()]);
+            // A wire for the igb (a hub with nothing else on it): without
+            // a peer its PF has no carrier, and so its VFs no link.
+            a.extend([
+                "-netdev".into(),
+                "hubport,id=igbwire,hubid=0".into(),
+                "-device".into(),
+                "igb,bus=rp1,netdev=igbwire".into(),
+            ]);
         }
         if self.share_host_root {
             a.extend([

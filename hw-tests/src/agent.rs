@@ -268,14 +268,46 @@ impl AgentCli {
         );
     }
 
-    /// The `chaingate --json events` kinds, in order.
+    /// The `chaingate --json events`, in order.
     #[must_use]
-    pub fn event_kinds(&self) -> Vec<String> {
+    pub fn events(&self) -> Vec<Value> {
         self.cli_ok(&["--json", "events"])
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// The events' kinds, in order.
+    #[must_use]
+    pub fn event_kinds(&self) -> Vec<String> {
+        self.events()
+            .iter()
             .map(|e| e["kind"].as_str().unwrap_or_default().to_owned())
             .collect()
+    }
+
+    /// Waits for the first event of `kind` for which `also` holds.
+    ///
+    /// # Panics
+    /// If none comes within `within` (with the events and the log).
+    pub fn wait_event(&self, kind: &str, within: Duration, also: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["kind"] == kind && also(e))
+            {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} event within {within:?}:\n{:#?}\nagent log:\n{}",
+                self.events(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -305,7 +337,8 @@ pub struct AgentProc {
 
 impl AgentProc {
     /// Starts an agent talking to the DPU at `dpu`, with `vfs` (YAML flow
-    /// list items, `{ port: vf0, netdev: x }`) and `extra` configuration.
+    /// list items, `{ port: vf0, netdev: x }`) and `extra` configuration
+    /// (its `probe:` and `stop_timeout:` replace the rig's quick ones).
     ///
     /// # Errors
     /// It does not come up (its log is in the error).
@@ -318,12 +351,24 @@ impl AgentProc {
         let socket = dir.join("agent.sock");
         let run_dir = dir.join("run");
         let mut text = format!(
-            "socket: {}\nstate: {}\nrun_dir: {}\ndpu: \"{dpu}\"\nmetrics: \"{metrics}\"\n\
-             probe: {{ interval: 200ms, timeout: 1s, start_timeout: 30s, failures: 2 }}\nstop_timeout: 3s\nvfs:\n",
+            "socket: {}\nstate: {}\nrun_dir: {}\ndpu: \"{dpu}\"\nmetrics: \"{metrics}\"\n",
             socket.display(),
             dir.join("state.redb").display(),
             run_dir.display(),
         );
+        // The rig's quick defaults, unless `extra` sets them.
+        for (key, line) in [
+            (
+                "probe:",
+                "probe: { interval: 200ms, timeout: 1s, start_timeout: 30s, failures: 2 }\n",
+            ),
+            ("stop_timeout:", "stop_timeout: 3s\n"),
+        ] {
+            if !extra.lines().any(|l| l.starts_with(key)) {
+                text.push_str(line);
+            }
+        }
+        text.push_str("vfs:\n");
         for v in vfs {
             text.push_str(&format!("  - {v}\n"));
         }

@@ -23,6 +23,30 @@ use chaingate_hw_tests::vm::{require_vm, static_service};
 use chaingate_pktio::afpacket::{AfPacket, wait_readable};
 use chaingate_pktio::{PacketIo, RxBatch};
 
+/// A 256 MiB, one-vCPU VM of service `mon` on `tap`.
+fn vm_on_tap(
+    instance: &str,
+    tap: &str,
+    kernel: &std::path::Path,
+    initrd: std::path::PathBuf,
+) -> LaunchSpec {
+    LaunchSpec {
+        instance: instance.into(),
+        service: "mon".into(),
+        vf: VfRef {
+            port: "vf0".into(),
+            device: tap.into(),
+        },
+        vf_kind: VfKind::Tap,
+        program: Program::Vm(VmImage {
+            kernel: kernel.to_owned(),
+            initrd,
+            memory_mib: 256,
+            cpus: 1,
+        }),
+    }
+}
+
 /// Waits for the probe; `None` if the VM does not answer in time.
 fn wait_probe(launcher: &QemuLauncher, instance: &str, within: Duration) -> Option<String> {
     let deadline = Instant::now() + within;
@@ -55,21 +79,7 @@ fn a_service_vm_boots_answers_its_probe_and_reflects_frames() {
 
     let run_dir = work.join("run");
     let launcher = QemuLauncher::new(&run_dir);
-    let spec = LaunchSpec {
-        instance: "vmmon-0".into(),
-        service: "mon".into(),
-        vf: VfRef {
-            port: "vf0".into(),
-            device: tap.clone(),
-        },
-        vf_kind: VfKind::Tap,
-        program: Program::Vm(VmImage {
-            kernel: kit.kernel.clone(),
-            initrd,
-            memory_mib: 256,
-            cpus: 1,
-        }),
-    };
+    let spec = vm_on_tap("vmmon-0", &tap, &kit.kernel, initrd);
     // One boot in a dozen stalls under TCG (notes/vm-rig.md): one retry.
     let mut answer = None;
     for _ in 0..2 {
@@ -226,21 +236,7 @@ fn a_vm_deaf_to_its_power_button_is_quit_and_a_hung_qemu_is_killed() {
         .unwrap();
     let run_dir = work.join("run");
     let launcher = QemuLauncher::new(&run_dir);
-    let spec = LaunchSpec {
-        instance: "deaf-0".into(),
-        service: "deaf".into(),
-        vf: VfRef {
-            port: "vf0".into(),
-            device: tap,
-        },
-        vf_kind: VfKind::Tap,
-        program: Program::Vm(VmImage {
-            kernel: kit.kernel.clone(),
-            initrd,
-            memory_mib: 256,
-            cpus: 1,
-        }),
-    };
+    let spec = vm_on_tap("deaf-0", &tap, &kit.kernel, initrd);
 
     let handle = launch_until(&launcher, &run_dir, &spec, "deaf-and-ready").expect("the VM booted");
     let stopped = launcher

@@ -13,7 +13,7 @@
 //! - At max: no launch, a clear event.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chaingate_hw_tests::agent::{AgentProc, AgentRig, instances_in, monitor_gateway, pid_of};
 use chaingate_hw_tests::frames::udp;
@@ -73,29 +73,6 @@ fn paths(agent: &AgentProc, g: u8) -> Vec<String> {
         .collect()
 }
 
-fn events(agent: &AgentProc) -> Vec<Value> {
-    agent
-        .cli_ok(&["--json", "events"])
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn wait_event(agent: &AgentProc, kind: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(e) = events(agent).into_iter().find(|e| e["kind"] == kind) {
-            return e;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "no {kind} event within {within:?}:\n{:#?}\n{}",
-        events(agent),
-        agent.log()
-    );
-}
-
 #[test]
 fn overload_scales_out_once_then_in_with_a_drain() {
     if !require_root() {
@@ -112,7 +89,7 @@ fn overload_scales_out_once_then_in_with_a_drain() {
         400,
     )
     .unwrap();
-    let out = wait_event(agent, "scale_out", Duration::from_secs(30));
+    let out = agent.wait_event("scale_out", Duration::from_secs(30), |_| true);
     assert_eq!(out["service"], "mon");
     let status = agent.wait_for("mon-1 active on the DPU", Duration::from_secs(30), |s| {
         instances_in(s, "active") == ["mon-0", "mon-1"]
@@ -129,7 +106,7 @@ fn overload_scales_out_once_then_in_with_a_drain() {
         20,
     )
     .unwrap();
-    let complete = wait_event(agent, "scale_out_complete", Duration::from_secs(20));
+    let complete = agent.wait_event("scale_out_complete", Duration::from_secs(20), |_| true);
     assert_eq!(complete["instance"], "mon-1");
     eprintln!(
         "scale-out reaction (process instances): {}",
@@ -155,7 +132,8 @@ fn overload_scales_out_once_then_in_with_a_drain() {
         "{status:#}"
     );
     assert_eq!(
-        events(agent)
+        agent
+            .events()
             .iter()
             .filter(|e| e["kind"] == "scale_out")
             .count(),
@@ -165,9 +143,9 @@ fn overload_scales_out_once_then_in_with_a_drain() {
     // The load drops: group 1 stops. mon-1 (two sessions, fewer than
     // mon-0's four) drains; group 2 keeps flowing through it meanwhile.
     drop(old);
-    let drain = wait_event(agent, "scale_in", Duration::from_secs(30));
+    let drain = agent.wait_event("scale_in", Duration::from_secs(30), |_| true);
     assert_eq!(drain["service"], "mon");
-    let started = wait_event(agent, "drain_started", Duration::from_secs(5));
+    let started = agent.wait_event("drain_started", Duration::from_secs(5), |_| true);
     assert_eq!(
         started["instance"], "mon-1",
         "the one with the fewest sessions"
@@ -178,7 +156,7 @@ fn overload_scales_out_once_then_in_with_a_drain() {
         agent.instance_rx("mon-1") > rx,
         "a draining instance still carries its sessions"
     );
-    let finished = wait_event(agent, "drain_finished", Duration::from_secs(20));
+    let finished = agent.wait_event("drain_finished", Duration::from_secs(20), |_| true);
     assert_eq!(finished["instance"], "mon-1");
     let waited = finished["at_ms"].as_u64().unwrap() - started["at_ms"].as_u64().unwrap();
     assert!(
@@ -226,7 +204,8 @@ fn a_killed_instance_is_replaced_and_avoided() {
         active.len() == 2 && !active.contains(&"mon-0".to_owned())
     });
     assert!(
-        events(agent)
+        agent
+            .events()
             .iter()
             .any(|e| e["kind"] == "instance_failed" && e["instance"] == "mon-0")
     );
@@ -246,7 +225,7 @@ fn at_max_there_is_no_launch_and_an_event_says_why() {
         400,
     )
     .unwrap();
-    let refused = wait_event(agent, "scale_out_refused", Duration::from_secs(30));
+    let refused = agent.wait_event("scale_out_refused", Duration::from_secs(30), |_| true);
     assert!(
         refused["message"]
             .as_str()
@@ -257,5 +236,5 @@ fn at_max_there_is_no_launch_and_an_event_says_why() {
     drop(load);
     let status = agent.status();
     assert_eq!(instances_in(&status, "active"), ["mon-0"]);
-    assert!(!events(agent).iter().any(|e| e["kind"] == "scale_out"));
+    assert!(!agent.events().iter().any(|e| e["kind"] == "scale_out"));
 }
