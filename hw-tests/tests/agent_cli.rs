@@ -289,6 +289,22 @@ fn a_vf_that_fails_its_vfio_check_is_reported_and_not_used() {
         tree.join("sys").display(),
         tree.join("dev").display()
     );
+    // The kernel's part, as far as giving the VF back goes: a write to
+    // its driver's `unbind` unbinds it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kernel = {
+        let (stop, vf) = (std::sync::Arc::clone(&stop), vf.clone());
+        let unbind = tree.join("sys/bus/pci/drivers/vfio-pci/unbind");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::fs::read_to_string(&unbind).is_ok_and(|a| a.trim() == "0000:03:10.0") {
+                    let _ = std::fs::remove_file(&unbind);
+                    let _ = std::fs::remove_file(vf.join("driver"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let agent = AgentProc::start(
         NO_DPU,
         &["{ port: pf0vf0, pci: \"0000:03:10.0\" }".to_owned()],
@@ -308,10 +324,13 @@ fn a_vf_that_fails_its_vfio_check_is_reported_and_not_used() {
         events = agent.cli_ok(&["events"]);
     }
     assert!(
-        events
-            .contains("0000:03:10.0: open VFIO container: no VFIO on this host: modprobe vfio-pci"),
+        events.contains(
+            "0000:03:10.0: open VFIO container: no VFIO on this host: modprobe vfio-pci; VF given back"
+        ),
         "{events}"
     );
+    // Given back: unbound from vfio-pci (only giving back unbinds).
+    assert!(!vf.join("driver").exists());
     assert!(
         agent.status()["instances"].as_array().unwrap().is_empty(),
         "nothing launched"
@@ -322,5 +341,7 @@ fn a_vf_that_fails_its_vfio_check_is_reported_and_not_used() {
         "{metrics}"
     );
     drop(agent);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    kernel.join().unwrap();
     std::fs::remove_dir_all(&tree).unwrap();
 }
