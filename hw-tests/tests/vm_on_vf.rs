@@ -332,14 +332,12 @@ fn in_guest_service_vm_on_a_vf() {
             .any(|d| d.id == "vf0" && (d.vendor, d.device) == (0x8086, 0x10ca)),
         "the igb VF is in the VM: {devices:?}"
     );
-    let console = std::fs::read_to_string(
-        agent
-            .run_dir
-            .join("instances")
-            .join(&vf_vm)
-            .join("console.log"),
-    )
-    .unwrap();
+    let console_log = agent
+        .run_dir
+        .join("instances")
+        .join(&vf_vm)
+        .join("console.log");
+    let console = std::fs::read_to_string(&console_log).unwrap();
     assert!(
         console.contains("(igbvf)"),
         "the guest bound igbvf:\n{console}"
@@ -407,14 +405,7 @@ fn in_guest_service_vm_on_a_vf() {
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        let console = std::fs::read_to_string(
-            agent
-                .run_dir
-                .join("instances")
-                .join(&vf_vm)
-                .join("console.log"),
-        )
-        .unwrap_or_default();
+        let console = std::fs::read_to_string(&console_log).unwrap_or_default();
         panic!(
             "{returned} of {} frames came back through the VM\nprobe: {probe:?}\n{}\n{}\nVM console:\n{console}",
             frames.len(),
