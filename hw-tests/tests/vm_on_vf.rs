@@ -3,7 +3,8 @@
 //! This machine's kernel has no VFIO, so the scenario runs one level down:
 //! an outer QEMU guest (TCG; q35 with an emulated Intel IOMMU and an igb
 //! NIC with SR-IOV) shares the host's root file system read-only over
-//! virtio-9p, mounts tmpfs on `/tmp` and `/run`, chroots into it and runs
+//! virtio-9p, mounts tmpfs on `/run` (its scratch space: `TMPDIR`, since
+//! the workspace itself may live under `/tmp`), chroots into it and runs
 //! this very test binary's in-guest half. There, with the host's own
 //! binaries and a real VFIO:
 //!
@@ -83,9 +84,9 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
-mount -t tmpfs tmpfs $R/tmp
 mount -t tmpfs tmpfs $R/run
-chroot $R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 \
+mkdir -p $R/run/tmp
+chroot $R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 TMPDIR=/run/tmp \
   CHAINGATE_VM_DIR={vm_dir} {compare} {exe} --ignored --exact in_guest_service_vm_on_a_vf --nocapture --test-threads=1
 echo \"{MARKER}$?\"
 ",
