@@ -17,14 +17,9 @@ use chaingate_hw_tests::two_hosts::TwoHosts;
 const RUNS: usize = 5;
 const UP: Duration = Duration::from_secs(60);
 
+/// The web chain with per-host minimums: `(firewall, ids, nat)`.
 fn web(min: (u16, u16, u16)) -> String {
-    WebChain {
-        firewall_scaling: format!("{{ min: {}, max: 4 }}", min.0),
-        ids_scaling: format!("{{ min: {}, max: 4 }}", min.1),
-        nat_scaling: format!("{{ min: {}, max: 4 }}", min.2),
-        ..WebChain::default()
-    }
-    .gateway()
+    WebChain::with_minimums(min).gateway()
 }
 
 fn once(ttl: Duration) -> Duration {

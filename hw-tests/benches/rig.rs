@@ -21,31 +21,12 @@
 //! figures, across runs.
 
 use chaingate_hw_tests::agent::{AgentRig, WebChain};
-use chaingate_hw_tests::flows::{self, Outcome, Plan};
-use chaingate_hw_tests::measure::{Latency, Throughput, latency, throughput};
+use chaingate_hw_tests::flows;
+use chaingate_hw_tests::measure::{Measured, measure, print_tables};
 use chaingate_hw_tests::rig::Rig as _;
 use chaingate_hw_tests::topology::Topology;
 
-struct Setup {
-    name: &'static str,
-    by_size: Vec<(usize, Throughput)>,
-    latency: Latency,
-}
-
-fn measure(name: &'static str, go: &dyn Fn(&Plan) -> Outcome) -> Setup {
-    // A short run first: ARP-free veths still warm caches and rings.
-    let _ = go(&Plan::udp(4, 100, 0));
-    let by_size = [64, 1500].map(|s| (s, throughput(s, go))).to_vec();
-    let latency = latency(go);
-    eprintln!("measured: {name}");
-    Setup {
-        name,
-        by_size,
-        latency,
-    }
-}
-
-fn ceiling() -> Setup {
+fn ceiling() -> Measured {
     let mut topo = Topology::new().expect("netns");
     let lan = topo.link("lan").expect("veth");
     let wan = topo.link("wan").expect("veth");
@@ -57,7 +38,7 @@ fn ceiling() -> Setup {
     })
 }
 
-fn bypass() -> Setup {
+fn bypass() -> Measured {
     let rig = AgentRig::start(0).expect("rig");
     rig.apply_and_wait(
         "ports:\n  - { name: lan, role: lan }\n  - { name: wan, role: wan }\n\
@@ -67,7 +48,7 @@ fn bypass() -> Setup {
     measure("dpu-fw bypass", &|plan| rig.traffic(plan))
 }
 
-fn chain() -> Setup {
+fn chain() -> Measured {
     let rig = AgentRig::start(3).expect("rig");
     let chain = WebChain {
         firewall_capacity: "10Gbit".into(),
@@ -86,42 +67,8 @@ fn main() {
         std::process::exit(2);
     }
     let setups = [ceiling(), bypass(), chain()];
-    let base = &setups[0];
     println!(
         "\nrig bench: lan -> wan on the simulated rig (ratios against the veth ceiling of this run)"
     );
-    println!(
-        "{:<14} {:>6} {:>10} {:>9} {:>8} {:>7} {:>7} {:>13} {:>7}",
-        "set-up", "frame", "offered", "Mpps", "Gb/s", "loss", "ratio", "no-drop Mpps", "ratio"
-    );
-    for s in &setups {
-        for ((size, t), (_, b)) in s.by_size.iter().zip(&base.by_size) {
-            println!(
-                "{:<14} {:>5}B {:>8.3}Mp {:>9.3} {:>8.3} {:>6.1}% {:>6.2}x {:>13.3} {:>6.2}x",
-                s.name,
-                size,
-                t.offered_pps / 1e6,
-                t.pps / 1e6,
-                t.pps * (*size as f64) * 8.0 / 1e9,
-                t.loss * 100.0,
-                t.pps / b.pps.max(1.0),
-                t.no_drop_pps / 1e6,
-                t.no_drop_pps / b.no_drop_pps.max(1.0),
-            );
-        }
-    }
-    println!(
-        "\n{:<14} {:>10} {:>10} {:>10} {:>12}",
-        "latency", "p50", "p90", "p99", "p50 ratio"
-    );
-    for s in &setups {
-        println!(
-            "{:<14} {:>10.1?} {:>10.1?} {:>10.1?} {:>11.2}x",
-            s.name,
-            s.latency.p50,
-            s.latency.p90,
-            s.latency.p99,
-            s.latency.p50.as_secs_f64() / base.latency.p50.as_secs_f64().max(1e-9),
-        );
-    }
+    print_tables(&setups.iter().collect::<Vec<_>>());
 }

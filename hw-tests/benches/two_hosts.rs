@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 
 use chaingate_hw_tests::agent::NAT_ADDRESS;
 use chaingate_hw_tests::flows::Plan;
-use chaingate_hw_tests::measure::{Latency, Throughput, latency, throughput};
+use chaingate_hw_tests::measure::{Measured, measure, print_tables};
 use chaingate_hw_tests::two_dpus::{Cluster, Dpu, TwoDpus, drops, instance};
 use chaingate_proto::dpu::Stats;
 
@@ -90,9 +90,7 @@ struct Counted {
 }
 
 struct Setup {
-    name: &'static str,
-    by_size: Vec<(usize, Throughput)>,
-    latency: Latency,
+    path: Measured,
     counted: Counted,
 }
 
@@ -127,21 +125,14 @@ fn counted(rig: &TwoDpus, before: &[Stats; 2]) -> Counted {
     }
 }
 
-fn measure(name: &'static str, ids_on: Dpu) -> Setup {
+fn measure_web_chain(name: &'static str, ids_on: Dpu) -> Setup {
     let rig = TwoDpus::start(web_chain(ids_on)).expect("the two-DPU rig");
     let go = |plan: &Plan| rig.traffic(plan);
-    // A short run first: it opens the sessions and warms caches and rings.
-    let _ = go(&Plan::udp(4, 100, 0));
     let before = Dpu::BOTH.map(|d| rig.stats(d));
-    let by_size = [64, 1500].map(|s| (s, throughput(s, &go))).to_vec();
-    let latency = latency(&go);
-    let counted = counted(&rig, &before);
-    eprintln!("measured: {name}");
+    let path = measure(name, &go);
     Setup {
-        name,
-        by_size,
-        latency,
-        counted,
+        counted: counted(&rig, &before),
+        path,
     }
 }
 
@@ -152,46 +143,15 @@ fn main() {
         eprintln!("the two-hosts bench needs root (network namespaces, raw sockets)");
         std::process::exit(2);
     }
-    let setups = [measure("one host", Dpu::A), measure("two hosts", Dpu::B)];
-    let base = &setups[0];
+    let setups = [
+        measure_web_chain("one host", Dpu::A),
+        measure_web_chain("two hosts", Dpu::B),
+    ];
     println!(
         "\ntwo-hosts bench: lan -> wan through firewall -> ids -> nat on the two-DPU rig \
          (ratios against the chain on one host of this run)"
     );
-    println!(
-        "{:<10} {:>6} {:>10} {:>9} {:>8} {:>7} {:>7} {:>13} {:>7}",
-        "set-up", "frame", "offered", "Mpps", "Gb/s", "loss", "ratio", "no-drop Mpps", "ratio"
-    );
-    for s in &setups {
-        for ((size, t), (_, b)) in s.by_size.iter().zip(&base.by_size) {
-            println!(
-                "{:<10} {:>5}B {:>8.3}Mp {:>9.3} {:>8.3} {:>6.1}% {:>6.2}x {:>13.3} {:>6.2}x",
-                s.name,
-                size,
-                t.offered_pps / 1e6,
-                t.pps / 1e6,
-                t.pps * (*size as f64) * 8.0 / 1e9,
-                t.loss * 100.0,
-                t.pps / b.pps.max(1.0),
-                t.no_drop_pps / 1e6,
-                t.no_drop_pps / b.no_drop_pps.max(1.0),
-            );
-        }
-    }
-    println!(
-        "\n{:<10} {:>10} {:>10} {:>10} {:>12}",
-        "latency", "p50", "p90", "p99", "p50 ratio"
-    );
-    for s in &setups {
-        println!(
-            "{:<10} {:>10.1?} {:>10.1?} {:>10.1?} {:>11.2}x",
-            s.name,
-            s.latency.p50,
-            s.latency.p90,
-            s.latency.p99,
-            s.latency.p50.as_secs_f64() / base.latency.p50.as_secs_f64().max(1e-9),
-        );
-    }
+    print_tables(&setups.iter().map(|s| &s.path).collect::<Vec<_>>());
     println!(
         "\nunderlay frames over each whole measurement (sent by one DPU / received by the other), \
          and the drops the DPUs counted"
@@ -200,7 +160,7 @@ fn main() {
         let c = &s.counted;
         println!(
             "{:<10} A->B {}/{} ({} not received), B->A {}/{} ({} not received); drops {:?}",
-            s.name,
+            s.path.name,
             c.a_to_b.0,
             c.a_to_b.1,
             c.a_to_b.0.saturating_sub(c.a_to_b.1),

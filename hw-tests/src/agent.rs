@@ -101,6 +101,18 @@ impl Default for WebChain {
 }
 
 impl WebChain {
+    /// The web chain scaling each service from a per-host minimum
+    /// `(firewall, ids, nat)` up to 4.
+    #[must_use]
+    pub fn with_minimums(min: (u16, u16, u16)) -> Self {
+        Self {
+            firewall_scaling: format!("{{ min: {}, max: 4 }}", min.0),
+            ids_scaling: format!("{{ min: {}, max: 4 }}", min.1),
+            nat_scaling: format!("{{ min: {}, max: 4 }}", min.2),
+            ..Self::default()
+        }
+    }
+
     /// The gateway file.
     #[must_use]
     pub fn gateway(&self) -> String {

@@ -92,3 +92,76 @@ pub fn latency(go: &dyn Fn(&Plan) -> Outcome) -> Latency {
         p99: p(99.0),
     }
 }
+
+/// One path measured as the rig benches do: the rate at overload and the
+/// no-drop rate at 64 and 1500 bytes, and latency.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    /// The set-up's name in the tables.
+    pub name: &'static str,
+    /// Frame size, and the rates at it.
+    pub by_size: Vec<(usize, Throughput)>,
+    /// Latency percentiles.
+    pub latency: Latency,
+}
+
+/// Measures the path `go` runs plans through, after a short warm-up run
+/// (it opens the sessions and warms caches and rings).
+pub fn measure(name: &'static str, go: &dyn Fn(&Plan) -> Outcome) -> Measured {
+    let _ = go(&Plan::udp(4, 100, 0));
+    let by_size = [64, 1500].map(|s| (s, throughput(s, go))).to_vec();
+    let latency = latency(go);
+    eprintln!("measured: {name}");
+    Measured {
+        name,
+        by_size,
+        latency,
+    }
+}
+
+/// Prints the rate and latency tables of `setups`, each figure beside its
+/// ratio to the first set-up's (the baseline of the run).
+#[allow(clippy::cast_precision_loss)]
+pub fn print_tables(setups: &[&Measured]) {
+    let Some(base) = setups.first() else { return };
+    let w = setups
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    println!(
+        "{:<w$} {:>6} {:>10} {:>9} {:>8} {:>7} {:>7} {:>13} {:>7}",
+        "set-up", "frame", "offered", "Mpps", "Gb/s", "loss", "ratio", "no-drop Mpps", "ratio"
+    );
+    for s in setups {
+        for ((size, t), (_, b)) in s.by_size.iter().zip(&base.by_size) {
+            println!(
+                "{:<w$} {:>5}B {:>8.3}Mp {:>9.3} {:>8.3} {:>6.1}% {:>6.2}x {:>13.3} {:>6.2}x",
+                s.name,
+                size,
+                t.offered_pps / 1e6,
+                t.pps / 1e6,
+                t.pps * (*size as f64) * 8.0 / 1e9,
+                t.loss * 100.0,
+                t.pps / b.pps.max(1.0),
+                t.no_drop_pps / 1e6,
+                t.no_drop_pps / b.no_drop_pps.max(1.0),
+            );
+        }
+    }
+    println!(
+        "\n{:<w$} {:>10} {:>10} {:>10} {:>12}",
+        "latency", "p50", "p90", "p99", "p50 ratio"
+    );
+    for s in setups {
+        println!(
+            "{:<w$} {:>10.1?} {:>10.1?} {:>10.1?} {:>11.2}x",
+            s.name,
+            s.latency.p50,
+            s.latency.p90,
+            s.latency.p99,
+            s.latency.p50.as_secs_f64() / base.latency.p50.as_secs_f64().max(1e-9),
+        );
+    }
+}

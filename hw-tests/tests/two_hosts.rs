@@ -25,13 +25,7 @@ fn ready() -> bool {
 
 /// The web chain with per-host minimums: `(firewall, ids, nat)`.
 fn web(min: (u16, u16, u16)) -> String {
-    WebChain {
-        firewall_scaling: format!("{{ min: {}, max: 4 }}", min.0),
-        ids_scaling: format!("{{ min: {}, max: 4 }}", min.1),
-        nat_scaling: format!("{{ min: {}, max: 4 }}", min.2),
-        ..WebChain::default()
-    }
-    .gateway()
+    WebChain::with_minimums(min).gateway()
 }
 
 fn plan(proto_tcp: bool, port: u16) -> Plan {

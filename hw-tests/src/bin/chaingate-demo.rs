@@ -133,17 +133,7 @@ fn view(
     );
     let _ = writeln!(out, "\nevents:");
     for e in events.iter().rev().take(8).rev() {
-        let _ = writeln!(
-            out,
-            "  {:<19} {:<12} {}",
-            e["kind"].as_str().unwrap_or(""),
-            e["instance"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .or(e["service"].as_str())
-                .unwrap_or(""),
-            e["message"].as_str().unwrap_or("")
-        );
+        let _ = writeln!(out, "  {}", event_line(e));
     }
     out
 }
@@ -385,17 +375,7 @@ fn run_two_hosts() -> Result<(), String> {
                     .rev()
                 {
                     if let Ok(e) = serde_json::from_str::<Value>(e) {
-                        let _ = writeln!(
-                            out,
-                            "  {name}: {:<19} {:<12} {}",
-                            e["kind"].as_str().unwrap_or(""),
-                            e["instance"]
-                                .as_str()
-                                .filter(|s| !s.is_empty())
-                                .or(e["service"].as_str())
-                                .unwrap_or(""),
-                            e["message"].as_str().unwrap_or("")
-                        );
+                        let _ = writeln!(out, "  {name}: {}", event_line(&e));
                     }
                 }
             }
@@ -463,4 +443,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An agent event on one line: kind, instance (or service), message.
+fn event_line(e: &Value) -> String {
+    format!(
+        "{:<19} {:<12} {}",
+        e["kind"].as_str().unwrap_or(""),
+        e["instance"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .or(e["service"].as_str())
+            .unwrap_or(""),
+        e["message"].as_str().unwrap_or("")
+    )
 }
